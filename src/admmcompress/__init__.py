@@ -1,0 +1,43 @@
+"""admmcompress: compress neural networks with ADMM weight pruning.
+
+The core (``ADMM``, the constraints, ``MaskEnforcer``) works inside any PyTorch training loop;
+the ``admmcompress`` command runs whole recipes from YAML configs.
+"""
+
+from .admm import ADMM, Residual
+from .constraints import (
+    Channel,
+    Column,
+    Constraint,
+    Filter,
+    Irregular,
+    available_constraints,
+    make_constraint,
+    register_constraint,
+)
+from .masking import MaskEnforcer
+from .models import available_models, create_model, register_model
+from .selection import SelectionError, compressible_layers, select_layers
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ADMM",
+    "Channel",
+    "Column",
+    "Constraint",
+    "Filter",
+    "Irregular",
+    "MaskEnforcer",
+    "Residual",
+    "SelectionError",
+    "__version__",
+    "available_constraints",
+    "available_models",
+    "compressible_layers",
+    "create_model",
+    "make_constraint",
+    "register_constraint",
+    "register_model",
+    "select_layers",
+]

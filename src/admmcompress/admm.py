@@ -1,0 +1,186 @@
+"""ADMM state and steps for constrained training, usable from any PyTorch training loop.
+
+Three calls drive it::
+
+    admm = ADMM(model, {"conv*": Irregular(keep=0.2), "fc1": Irregular(keep=0.01)})
+    loss = criterion(model(x), y) + admm.penalty()   # W-step: every batch
+    admm.update()                                    # Z-, U-step and rho growth: every period
+    masks = admm.harden()                            # project W onto its set, get masks
+
+The core imports nothing from the CLI, the data or the model zoo.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .constraints import Constraint
+from .selection import select_layers
+
+
+@dataclass(frozen=True)
+class Residual:
+    """Convergence of one layer: primal ||W - Z|| and dual rho * ||Z_new - Z_old||."""
+
+    primal: float
+    dual: float
+    rho: float
+    relative_primal: float  # ||W - Z|| / ||W||: how far W still is from its set
+
+
+class _Layer:
+    """Per-layer ADMM variables. Z, U and the penalty target Z - U never carry autograd history."""
+
+    def __init__(self, weight: nn.Parameter, constraint: Constraint, rho: float) -> None:
+        self.weight = weight
+        self.constraint = constraint
+        self.rho = rho
+        w = weight.detach()
+        self.z = constraint.project(w).clone()
+        self.u = torch.zeros_like(w)
+        self.target = self.z.clone()  # Z - U, cached so the penalty costs one subtraction
+        self.last_dual = 0.0
+
+    def refresh_target(self) -> None:
+        torch.sub(self.z, self.u, out=self.target)
+
+
+class ADMM:
+    """Augmented-Lagrangian splitting of ``min f(W) s.t. W_i in S_i`` for chosen layers.
+
+    Args:
+        model: the network whose layers are constrained (their ``.weight``).
+        rules: selector -> constraint; a selector is an exact layer name, a glob such as
+            ``"fc*"``, or ``"type:Conv2d"``. Each rule must match a layer, no layer twice.
+        rho: initial penalty (the authors use 1e-3 to 1e-2).
+        rho_growth: factor applied to rho after each ``update()``; growing rho is what
+            drives W onto the set.
+        rho_max: cap on rho, if any.
+        rescale_dual: keep the scaled dual consistent when rho changes (U <- U * old/new,
+            Boyd et al. 2011, sec. 3.4.1). The authors' code skips this; it matters little
+            for small growth factors but keeps the unscaled multiplier continuous.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        rules: Mapping[str, Constraint],
+        *,
+        rho: float = 1e-3,
+        rho_growth: float = 1.3,
+        rho_max: float | None = None,
+        rescale_dual: bool = True,
+    ) -> None:
+        if not rho > 0 or not math.isfinite(rho):
+            raise ValueError(f"rho must be a positive number, got {rho}")
+        if not rho_growth >= 1.0:
+            raise ValueError(f"rho_growth must be >= 1, got {rho_growth}")
+        self.rho_growth = rho_growth
+        self.rho_max = rho_max
+        self.rescale_dual = rescale_dual
+        self.iteration = 0
+        self.history: list[dict[str, Residual]] = []
+        modules = dict(model.named_modules())
+        selected = select_layers(model, rules)
+        self.layers: dict[str, _Layer] = {
+            name: _Layer(modules[name].weight, constraint, rho)
+            for name, constraint in selected.items()
+        }
+
+    # -- W-step -------------------------------------------------------------------------------
+    def penalty(self) -> Tensor:
+        """sum_i rho_i / 2 * ||W_i - Z_i + U_i||_F^2, differentiable in W; add it to the loss."""
+        terms = [
+            (0.5 * layer.rho) * (layer.weight - layer.target).pow(2).sum()
+            for layer in self.layers.values()
+        ]
+        return torch.stack(terms).sum()
+
+    # -- Z-, U-step and rho schedule --------------------------------------------------------
+    @torch.no_grad()
+    def update(self) -> dict[str, Residual]:
+        """One ADMM iteration after a W-step: Z = Proj(W + U), U += W - Z, rho *= growth."""
+        out: dict[str, Residual] = {}
+        for name, layer in self.layers.items():
+            w = layer.weight.detach()
+            z_old = layer.z
+            layer.z = layer.constraint.project(w + layer.u)
+            layer.u.add_(w).sub_(layer.z)
+            dual = layer.rho * float(torch.linalg.vector_norm(layer.z - z_old))
+            primal = float(torch.linalg.vector_norm(w - layer.z))
+            w_norm = float(torch.linalg.vector_norm(w))
+            out[name] = Residual(primal, dual, layer.rho, primal / w_norm if w_norm else 0.0)
+            layer.last_dual = dual
+            new_rho = layer.rho * self.rho_growth
+            if self.rho_max is not None:
+                new_rho = min(new_rho, self.rho_max)
+            if self.rescale_dual and new_rho != layer.rho:
+                layer.u.mul_(layer.rho / new_rho)
+            layer.rho = new_rho
+            layer.refresh_target()
+        self.iteration += 1
+        self.history.append(out)
+        return out
+
+    @torch.no_grad()
+    def residuals(self) -> dict[str, Residual]:
+        """Current primal residual of every layer, with the dual residual of the last update."""
+        out = {}
+        for name, layer in self.layers.items():
+            w = layer.weight.detach()
+            primal = float(torch.linalg.vector_norm(w - layer.z))
+            w_norm = float(torch.linalg.vector_norm(w))
+            rel = primal / w_norm if w_norm else 0.0
+            out[name] = Residual(primal, layer.last_dual, layer.rho, rel)
+        return out
+
+    # -- hardening ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def harden(self) -> dict[str, Tensor]:
+        """Project every constrained weight onto its set in place; return the boolean masks."""
+        masks = {}
+        for name, layer in self.layers.items():
+            mask = layer.constraint.mask(layer.weight.detach())
+            layer.weight.masked_fill_(~mask, 0.0)
+            masks[name] = mask
+        return masks
+
+    # -- persistence ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Tensors and plain numbers only, so it loads with ``torch.load(weights_only=True)``."""
+        return {
+            "iteration": self.iteration,
+            "layers": {
+                name: {"z": layer.z, "u": layer.u, "rho": layer.rho, "last_dual": layer.last_dual}
+                for name, layer in self.layers.items()
+            },
+            "history": [
+                {name: [r.primal, r.dual, r.rho, r.relative_primal] for name, r in it.items()}
+                for it in self.history
+            ],
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        names = set(state["layers"])
+        if names != set(self.layers):
+            raise ValueError(
+                f"ADMM state is for layers {sorted(names)}, this model has {sorted(self.layers)}"
+            )
+        for name, layer in self.layers.items():
+            s = state["layers"][name]
+            dev, dt = layer.weight.device, layer.weight.dtype
+            layer.z = s["z"].to(device=dev, dtype=dt).clone()
+            layer.u = s["u"].to(device=dev, dtype=dt).clone()
+            layer.rho = float(s["rho"])
+            layer.last_dual = float(s["last_dual"])
+            layer.target = torch.empty_like(layer.z)
+            layer.refresh_target()
+        self.iteration = int(state["iteration"])
+        self.history = [
+            {name: Residual(*vals) for name, vals in it.items()} for it in state["history"]
+        ]

@@ -1,0 +1,219 @@
+"""Command line: ``admmcompress run | eval | report``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import __version__
+
+log = logging.getLogger("admmcompress")
+
+DESCRIPTION = """\
+Compress a neural network with ADMM weight pruning.
+
+A run trains (or loads) a model, pulls its weights towards the sparsity you ask for with
+ADMM, prunes them exactly ("harden"), retrains the remaining weights with the pruned ones
+held at zero, verifies the result and writes a run folder with the model, a report and plots.
+"""
+
+EPILOG = """\
+examples:
+  admmcompress run configs/lenet5_mnist_demo.yaml --out runs/demo
+  admmcompress run configs/lenet5_mnist_demo.yaml --out runs/demo --resume
+  admmcompress run configs/lenet5_mnist_admm.yaml --set admm.rho=0.01 --set retrain.epochs=20
+  admmcompress eval runs/demo
+  admmcompress report runs/demo
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="admmcompress",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"admmcompress {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="compress a model as a YAML config describes",
+        description="Run (or resume) the compression pipeline described by a YAML config: "
+        "pretrain -> ADMM -> harden -> masked retrain -> verify. A checkpoint is written "
+        "after every epoch, so a killed run continues with --resume.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="The config format is documented in README.md (section 'Config reference').",
+    )
+    run.add_argument("config", type=Path, help="YAML config file (see configs/ for recipes)")
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="run folder for checkpoints, model and report (default: runs/<config name>)",
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set admm.rho=0.01 or "
+        "--set rules.fc1.keep=0.02 (repeatable; validated like the file)",
+    )
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder holding the datasets (default: $ADMMCOMPRESS_DATA, then the config's "
+        "data.root, then ./data)",
+    )
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    ev = sub.add_parser(
+        "eval",
+        help="check and evaluate a compressed model",
+        description="Load a compressed model (a run folder or its model.safetensors), check "
+        "that every pruned weight is zero, and measure test accuracy.",
+    )
+    ev.add_argument("model", type=Path, help="run folder or model.safetensors file")
+    ev.add_argument("--data-dir", type=Path, help="folder holding the datasets")
+    ev.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
+    ev.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+
+    rep = sub.add_parser(
+        "report",
+        help="print a run's summary and redraw its report.md and plots",
+        description="Rebuild report.md and the PNG plots of a finished run from its "
+        "report.json, and print the summary.",
+    )
+    rep.add_argument("run_dir", type=Path, help="run folder holding report.json")
+    return p
+
+
+def _setup_logging(log_file: Path | None) -> None:
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(fh)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .pipeline import Pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    if args.no_progress:
+        cfg.runtime.progress = False
+    out = args.out or Path("runs") / cfg.name
+    _setup_logging(out / "run.log")
+    log.info("admmcompress %s: %s -> %s", __version__, args.config, out)
+    with logging_redirect_tqdm(loggers=[log]):
+        Pipeline(cfg, out, resume=args.resume, data_dir=args.data_dir).run()
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_dataset, resolve_data_root
+    from .export import load_model
+    from .report import layer_table, pruning_rates
+    from .training import evaluate
+
+    _setup_logging(None)
+    path = args.model / "model.safetensors" if args.model.is_dir() else args.model
+    saved = load_model(path)
+    problems = []
+    modules = dict(saved.model.named_modules())
+    for name, mask in saved.masks.items():
+        w = modules[name].weight.detach()
+        revived = int(torch.count_nonzero(w[~mask]))
+        if revived:
+            problems.append(f"{name}: {revived} weights outside the mask are non-zero")
+    if problems:
+        raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
+    dataset = args.dataset or saved.metadata.get("dataset", "").strip('"') or "mnist"
+    data = load_dataset(dataset, resolve_data_root(args.data_dir))
+    loss, acc = evaluate(saved.model, data.test, args.batch_size)
+    pruned = {name: None for name in saved.masks}
+    rows = layer_table(saved.model, {})
+    for r in rows:
+        r["pruned"] = r["name"] in pruned
+    rates = pruning_rates(rows)
+    print(f"model       {saved.model_name} ({path})")
+    print(f"masks       verified for {len(saved.masks)} pruned layers")
+    print(f"rate        {rates['pruning_rate']:.1f}x (pruned layers), {rates['overall_rate']:.1f}x (all)")
+    print(f"{dataset:<11} test accuracy {acc * 100:.2f}%  loss {loss:.4f}  ({len(data.test)} images)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import read_report, render_markdown, write_report
+
+    report = read_report(args.run_dir)
+    write_report(report, args.run_dir)
+    print(render_markdown(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .export import ModelFileError
+    from .pipeline import RunFolderError
+    from .selection import SelectionError
+    from .training import NonFiniteLossError
+    from .verify import ConstraintViolationError
+
+    args = _parser().parse_args(argv)
+    handlers = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report}
+    user_errors = (
+        ConfigError,
+        SelectionError,
+        DataError,
+        RunFolderError,
+        CheckpointError,
+        ModelFileError,
+        FileNotFoundError,
+        ValueError,
+    )
+    try:
+        return handlers[args.command](args)
+    except NonFiniteLossError as e:
+        print(f"admmcompress: training stopped: {e}", file=sys.stderr)
+        return 3
+    except ConstraintViolationError as e:
+        print(f"admmcompress: {e}", file=sys.stderr)
+        return 4
+    except user_errors as e:
+        prefix = "config error: " if isinstance(e, SelectionError) else ""
+        print(f"admmcompress: error: {prefix}{e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "admmcompress: interrupted; the last completed epoch is checkpointed, continue "
+            "with the same command and --resume",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

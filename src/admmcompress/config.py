@@ -1,0 +1,303 @@
+"""The run configuration: a YAML file validated by pydantic, with errors a newcomer can act on.
+
+The schema is nested by phase (pretrain, admm, retrain) and keeps per-layer ``rules`` open
+for growth: a rule says how a layer is pruned today and will say how it is quantized next.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .constraints import available_constraints
+from .models import available_models
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimizerConfig(_Strict):
+    """Which torch optimizer trains a phase."""
+
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0, description="learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class SchedulerConfig(_Strict):
+    """Learning-rate schedule over a phase's epochs (stepped once per epoch)."""
+
+    name: Literal["constant", "cosine", "step", "multistep"] = "constant"
+    step_size: int = Field(10, ge=1, description="epochs between decays for 'step'")
+    milestones: list[int] = Field(default_factory=list, description="epochs for 'multistep'")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor for step/multistep")
+    min_lr: float = Field(0.0, ge=0, description="final lr for 'cosine'")
+
+
+class PhaseConfig(_Strict):
+    """A training phase: how many epochs and with which optimizer and schedule."""
+
+    epochs: int = Field(0, ge=0)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+
+
+class AdmmConfig(PhaseConfig):
+    """The ADMM phase: W-steps of ``period`` epochs, each followed by the Z- and U-step."""
+
+    epochs: int = Field(40, ge=1)
+    period: int = Field(4, ge=1, description="epochs per ADMM iteration")
+    rho: float = Field(1e-3, gt=0, description="initial penalty")
+    rho_growth: float = Field(1.3, ge=1, description="rho is multiplied by this every period")
+    rho_max: float | None = Field(None, gt=0)
+    rescale_dual: bool = True
+    restart_schedule: bool = Field(
+        True, description="restart the lr schedule every period, as the authors' code does"
+    )
+
+    @model_validator(mode="after")
+    def _period_fits(self) -> AdmmConfig:
+        if self.period > self.epochs:
+            raise ValueError(
+                f"period ({self.period}) is longer than epochs ({self.epochs}): "
+                "no ADMM update would ever run"
+            )
+        return self
+
+
+class RuleConfig(_Strict):
+    """How one layer (or a pattern of layers) is compressed."""
+
+    prune: str = Field(description="constraint kind: irregular, filter, channel or column")
+    keep: float | None = Field(None, description="ratio of weights (or groups) kept, in (0, 1]")
+    count: int | None = Field(None, ge=1, description="absolute number kept instead of a ratio")
+
+    @field_validator("prune")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in available_constraints():
+            raise ValueError(
+                f"unknown pruning kind {v!r}; allowed: {', '.join(available_constraints())}"
+            )
+        return v
+
+    @field_validator("keep")
+    @classmethod
+    def _ratio(cls, v: float | None) -> float | None:
+        if v is not None and not 0.0 < v <= 1.0:
+            raise ValueError(f"keep must be a ratio in (0, 1] (0.05 keeps 5%), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> RuleConfig:
+        if (self.keep is None) == (self.count is None):
+            raise ValueError("give exactly one of 'keep' (a ratio in (0, 1]) or 'count'")
+        return self
+
+    def constraint_params(self) -> dict[str, Any]:
+        return {"keep": self.keep} if self.keep is not None else {"count": self.count}
+
+
+class ModelConfig(_Strict):
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in available_models():
+            raise ValueError(f"unknown model {v!r}; available: {', '.join(available_models())}")
+        return v
+
+
+class DataConfig(_Strict):
+    dataset: Literal["mnist", "fashion_mnist", "cifar10"] = "mnist"
+    root: str | None = Field(
+        None, description="data folder; --data-dir and $ADMMCOMPRESS_DATA take precedence"
+    )
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    train_subset: int | None = Field(None, ge=1, description="train on a random subset")
+    test_subset: int | None = Field(None, ge=1, description="evaluate on a random subset")
+    verify: bool = Field(True, description="check the files' md5 checksums")
+    download: bool = Field(False, description="download missing files (needs a network)")
+
+
+class RuntimeConfig(_Strict):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch")
+    deterministic: bool = Field(True, description="bit-reproducible runs and resumes")
+    progress: bool = Field(True, description="show progress bars")
+
+
+class RunConfig(_Strict):
+    """A whole run: pretrain (optional) -> ADMM -> harden -> masked retrain -> evaluate."""
+
+    name: str = "run"
+    seed: int = 0
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    init: str | None = Field(
+        None, description="start from these weights (model.safetensors or a state dict)"
+    )
+    pretrain: PhaseConfig = Field(default_factory=PhaseConfig)
+    admm: AdmmConfig = Field(default_factory=AdmmConfig)
+    retrain: PhaseConfig = Field(default_factory=lambda: PhaseConfig(epochs=10))
+    rules: dict[str, RuleConfig]
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @field_validator("rules")
+    @classmethod
+    def _some_rules(cls, v: dict[str, RuleConfig]) -> dict[str, RuleConfig]:
+        if not v:
+            raise ValueError("at least one layer rule is needed, e.g. 'fc1: {prune: irregular, keep: 0.1}'")
+        return v
+
+
+# -- loading -----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read, override (``key.path=value``) and validate a YAML config."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys (model:, rules:, ...), not {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in the raw mapping; the value is parsed as YAML (``0.1``, ``true``).
+
+    Layer names may contain dots (``features.0``): at each level the longest run of path
+    parts that names an existing key wins.
+    """
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. admm.rho=0.01")
+    key, _, value_text = item.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
+    node: dict[str, Any] = raw
+    i = 0
+    while True:
+        for j in range(len(parts), i, -1):
+            candidate = ".".join(parts[i:j])
+            if candidate in node:
+                break
+        else:
+            j, candidate = i + 1, parts[i]
+        if j == len(parts):
+            node[candidate] = value
+            return
+        child = node.get(candidate)
+        if child is None:
+            child = node[candidate] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {'.'.join(parts[:j])} is a value, not a section")
+        node, i = child, j
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The BaseModel class (or dict value type) behind Optional[...] / dict[str, ...]."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if arg is not type(None):
+                return _unwrap(arg)
+    return annotation
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str] | None:
+    node: Any = RunConfig
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            if field is None:
+                return None
+            node = field.annotation
+        elif typing.get_origin(node) is dict:
+            node = typing.get_args(node)[1]
+        else:
+            return None
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"  - {path}: unknown key{hint}")
+            continue
+        if e["type"] == "missing":
+            lines.append(f"  - {path}: required key is missing")
+            continue
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        got = e.get("input")
+        plain = e["type"] == "value_error" or isinstance(got, dict) or got is None
+        shown = "" if plain else f" (got {got!r})"
+        lines.append(f"  - {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,201 @@
+"""Exact Euclidean projections onto pruning sets, as pure tensor functions.
+
+"Keep at most k weights" (or k groups: filters, channels, columns) is non-convex, but its
+projection is exact and cheap: keep the k entries (groups) of largest magnitude (L2 norm)
+and zero the rest. Ties are broken towards the lower flat index so that the result never
+depends on the device, the dtype or the sort algorithm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .base import Constraint, register_constraint
+
+
+def keep_count(total: int, keep: float) -> int:
+    """Number of entries a keep ratio means: round(keep * total), at least 1."""
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
+    return max(1, min(total, int(math.floor(keep * total + 0.5))))
+
+
+def topk_mask(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask of the k largest entries of a 1-D ``scores``, ties to the lower index.
+
+    A stable descending sort gives the deterministic tie-break that ``torch.topk`` lacks.
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
+    n = scores.numel()
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        mask.fill_(True)
+        return mask
+    if k == 0:
+        return mask
+    order = torch.sort(scores, descending=True, stable=True).indices
+    mask[order[:k]] = True
+    return mask
+
+
+def _group_view(w: Tensor, axis: str) -> Tensor:
+    """Rows of the returned 2-D view are the groups that structured pruning keeps or drops."""
+    if w.dim() < 2:
+        raise ValueError(f"structured pruning needs a weight with >= 2 dims, got {tuple(w.shape)}")
+    if axis == "filter":
+        return w.reshape(w.shape[0], -1)
+    if axis == "channel":
+        return w.transpose(0, 1).reshape(w.shape[1], -1)
+    if axis == "column":
+        return w.reshape(w.shape[0], -1).t()
+    raise ValueError(f"unknown group axis {axis!r}")
+
+
+def group_count(w: Tensor, axis: str) -> int:
+    return _group_view(w, axis).shape[0]
+
+
+def _expand_group_mask(keep_groups: Tensor, w: Tensor, axis: str) -> Tensor:
+    if axis == "filter":
+        shape = (w.shape[0],) + (1,) * (w.dim() - 1)
+        return keep_groups.view(shape).expand_as(w)
+    if axis == "channel":
+        shape = (1, w.shape[1]) + (1,) * (w.dim() - 2)
+        return keep_groups.view(shape).expand_as(w)
+    # column: a column of the [out, in*kh*kw] matrix is one (in, kh, kw) position
+    return keep_groups.view(1, *w.shape[1:]).expand_as(w)
+
+
+def irregular_mask(w: Tensor, k: int) -> Tensor:
+    """Support of the projection onto {at most k non-zeros}: the k largest |w|."""
+    return topk_mask(w.detach().abs().flatten(), k).view_as(w)
+
+
+def group_mask(w: Tensor, k: int, axis: str) -> Tensor:
+    """Support of the projection onto {at most k non-zero groups}: the k largest L2 norms.
+
+    Norms are compared in float64 so that summing many small squares cannot reorder groups.
+    """
+    norms = _group_view(w.detach(), axis).double().pow(2).sum(dim=1)
+    return _expand_group_mask(topk_mask(norms, k), w, axis).contiguous()
+
+
+def project_irregular(w: Tensor, k: int) -> Tensor:
+    return w * irregular_mask(w, k)
+
+
+def project_filters(w: Tensor, k: int) -> Tensor:
+    return w * group_mask(w, k, "filter")
+
+
+def project_channels(w: Tensor, k: int) -> Tensor:
+    return w * group_mask(w, k, "channel")
+
+
+def project_columns(w: Tensor, k: int) -> Tensor:
+    return w * group_mask(w, k, "column")
+
+
+@dataclass(frozen=True)
+class _PruneBase(Constraint):
+    """Keep a ratio (``keep``) or an absolute number (``count``) of weights or groups."""
+
+    keep: float | None = None
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.keep is None) == (self.count is None):
+            raise ValueError(f"{self.kind}: give exactly one of keep (a ratio) or count")
+        if self.keep is not None and not 0.0 < self.keep <= 1.0:
+            raise ValueError(f"{self.kind}: keep must be in (0, 1], got {self.keep}")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"{self.kind}: count must be >= 1, got {self.count}")
+
+    def _units(self, w: Tensor) -> int:
+        raise NotImplementedError
+
+    def k(self, w: Tensor) -> int:
+        """How many units (weights or groups) of ``w`` this rule keeps."""
+        total = self._units(w)
+        if self.count is not None:
+            return min(self.count, total)
+        assert self.keep is not None
+        return keep_count(total, self.keep)
+
+    def project(self, w: Tensor) -> Tensor:
+        return w * self.mask(w)
+
+    def describe(self) -> str:
+        amount = f"keep {self.keep:g}" if self.keep is not None else f"count {self.count}"
+        return f"{self.kind} ({amount})"
+
+
+@register_constraint("irregular")
+@dataclass(frozen=True)
+class Irregular(_PruneBase):
+    """At most k non-zero weights anywhere in the tensor."""
+
+    def _units(self, w: Tensor) -> int:
+        return w.numel()
+
+    def mask(self, w: Tensor) -> Tensor:
+        return irregular_mask(w, self.k(w))
+
+    def budget(self, w: Tensor) -> int:
+        return self.k(w)
+
+    def violation(self, w: Tensor) -> str | None:
+        nz = int(torch.count_nonzero(w))
+        k = self.k(w)
+        return None if nz <= k else f"{nz} non-zero weights, at most {k} allowed"
+
+
+@dataclass(frozen=True)
+class _GroupPrune(_PruneBase):
+    axis = "filter"
+
+    def _units(self, w: Tensor) -> int:
+        return group_count(w, self.axis)
+
+    def mask(self, w: Tensor) -> Tensor:
+        return group_mask(w, self.k(w), self.axis)
+
+    def budget(self, w: Tensor) -> int:
+        groups = self._units(w)
+        return self.k(w) * (w.numel() // groups)
+
+    def violation(self, w: Tensor) -> str | None:
+        alive = int((_group_view(w.detach(), self.axis) != 0).any(dim=1).sum())
+        k = self.k(w)
+        return None if alive <= k else f"{alive} non-zero {self.axis}s, at most {k} allowed"
+
+
+@register_constraint("filter")
+@dataclass(frozen=True)
+class Filter(_GroupPrune):
+    """At most k non-zero output filters (rows of the [out, in*kh*kw] matrix)."""
+
+    axis = "filter"
+
+
+@register_constraint("channel")
+@dataclass(frozen=True)
+class Channel(_GroupPrune):
+    """At most k non-zero input channels (for a Linear layer: input features)."""
+
+    axis = "channel"
+
+
+@register_constraint("column")
+@dataclass(frozen=True)
+class Column(_GroupPrune):
+    """At most k non-zero columns of the [out, in*kh*kw] matrix (one (in, kh, kw) each)."""
+
+    axis = "column"

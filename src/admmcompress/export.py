@@ -1,0 +1,90 @@
+"""The final model file: hardened weights and masks in safetensors, described by metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .checkpoint import atomic_write
+from .models import create_model
+
+MODEL_FORMAT = "admmcompress.model/1"
+MASK_PREFIX = "__mask__."
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, corrupt, or not written by this tool."""
+
+
+@dataclass
+class SavedModel:
+    model: nn.Module
+    masks: dict[str, Tensor]
+    model_name: str
+    model_args: dict[str, Any]
+    metadata: dict[str, str]
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: nn.Module,
+    masks: Mapping[str, Tensor],
+    *,
+    model_name: str,
+    model_args: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``model.safetensors``: the state dict plus one boolean mask per pruned layer."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for name, mask in masks.items():
+        tensors[MASK_PREFIX + name] = mask.detach().cpu().to(torch.bool).contiguous()
+    metadata = {
+        "format": MODEL_FORMAT,
+        "model": model_name,
+        "model_args": json.dumps(dict(model_args), sort_keys=True),
+    }
+    for k, v in (extra or {}).items():
+        metadata[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SavedModel:
+    """Rebuild the model named in the file's metadata and load its weights exactly."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        tensors = load_file(str(path), device=str(device))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path} is not a readable safetensors file: {e}") from None
+    if metadata.get("format") != MODEL_FORMAT:
+        raise ModelFileError(
+            f"{path} was not written by admmcompress (format {metadata.get('format')!r}, "
+            f"expected {MODEL_FORMAT!r})"
+        )
+    try:
+        model_args = json.loads(metadata["model_args"])
+        model = create_model(metadata["model"], **model_args)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"{path}: cannot rebuild the model from its metadata: {e}") from None
+    masks = {k[len(MASK_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path}: weights do not fit model {metadata['model']!r}: {e}") from None
+    model.to(device)
+    return SavedModel(model, masks, metadata["model"], model_args, metadata)

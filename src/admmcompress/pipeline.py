@@ -1,0 +1,397 @@
+"""The end-to-end run: pretrain -> ADMM -> harden -> masked retrain -> verify -> save and report.
+
+Every epoch ends with an atomic checkpoint holding everything the next epoch depends on
+(weights, optimizer, schedule, ADMM state, masks, RNG states, history), so ``resume``
+continues a killed run and finishes with bit-identical weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .admm import ADMM
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError, PhaseConfig, RunConfig, config_to_yaml
+from .constraints import Constraint, make_constraint
+from .data import Dataset, load_dataset, resolve_data_root
+from .export import load_model, save_model
+from .masking import MaskEnforcer
+from .models import create_model
+from .report import build_report, write_report
+from .selection import select_layers
+from .training import build_optimizer, build_scheduler, evaluate, train_epoch
+from .verify import verify_model
+
+log = logging.getLogger("admmcompress")
+
+PHASES = ("pretrain", "admm", "retrain")
+CHECKPOINT = "checkpoint.pt"
+CONFIG_COPY = "config.yaml"
+MODEL_FILE = "model.safetensors"
+
+
+class RunFolderError(RuntimeError):
+    """The output folder holds another run, or a resume does not match it."""
+
+
+@dataclass
+class RunState:
+    """What survives a kill, besides tensors: where the run is and what it has measured."""
+
+    phase: str = "pretrain"
+    epoch: int = 0  # epochs completed in ``phase``
+    history: list[dict[str, Any]] = field(default_factory=list)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def setup_runtime(cfg: RunConfig) -> torch.device:
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+    if cfg.runtime.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("runtime.device: 'cuda' was asked for but no CUDA GPU is available")
+    use_cuda = cfg.runtime.device == "cuda" or (
+        cfg.runtime.device == "auto" and torch.cuda.is_available()
+    )
+    device = torch.device("cuda" if use_cuda else "cpu")
+    if cfg.runtime.deterministic:
+        if use_cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    return device
+
+
+def layer_constraints(model: nn.Module, cfg: RunConfig) -> dict[str, Constraint]:
+    """Turn the config's rules into one constraint per selected layer (raises on bad rules)."""
+    rules = {
+        selector: make_constraint(rule.prune, **rule.constraint_params())
+        for selector, rule in cfg.rules.items()
+    }
+    return select_layers(model, rules)
+
+
+class Pipeline:
+    """One run of a config in one folder; ``run()`` does (or finishes) all of it."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        data_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.resume = resume
+        self.data_dir = data_dir
+        self.device = torch.device("cpu")
+        self.state = RunState()
+        self.model: nn.Module
+        self.data: Dataset
+        self.constraints: dict[str, Constraint] = {}
+        self.masks: dict[str, Tensor] = {}
+        self.generator = torch.Generator()
+        self._session_start = time.perf_counter()
+        self._wall_base = 0.0  # wall time spent by earlier sessions of a resumed run
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _check_folder(self) -> dict[str, Any] | None:
+        ckpt_path = self.out / CHECKPOINT
+        if not ckpt_path.exists():
+            if (self.out / "report.json").exists() and not self.resume:
+                raise RunFolderError(
+                    f"{self.out} already holds a finished run; choose another --out folder"
+                )
+            if self.resume:
+                log.info("no checkpoint in %s: starting the run from the beginning", self.out)
+            return None
+        if not self.resume:
+            raise RunFolderError(
+                f"{self.out} already holds a run (checkpoint.pt); pass --resume to continue "
+                "it, or choose another --out folder"
+            )
+        ckpt = load_checkpoint(ckpt_path)
+        saved = json.loads(ckpt["config"])
+        current = self.cfg.model_dump(mode="json")
+        saved.pop("runtime", None)
+        current.pop("runtime", None)
+        if saved != current:
+            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            raise RunFolderError(
+                f"cannot resume {self.out}: the config differs from the one the run started "
+                f"with (sections: {', '.join(diff)}); see {self.out / CONFIG_COPY}"
+            )
+        return ckpt
+
+    def _setup(self) -> dict[str, Any] | None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        ckpt = self._check_folder()
+        self.device = setup_runtime(self.cfg)
+        torch.manual_seed(self.cfg.seed)
+        self.generator.manual_seed(self.cfg.seed + 1)
+        self.model = create_model(self.cfg.model.name, **self.cfg.model.args)
+        # Bad rules fail here, before any data is read.
+        self.constraints = layer_constraints(self.model, self.cfg)
+        if ckpt is None and self.cfg.init:
+            self._load_init(Path(self.cfg.init))
+        self.model.to(self.device)
+        root = resolve_data_root(self.data_dir, self.cfg.data.root)
+        data = load_dataset(
+            self.cfg.data.dataset, root, verify=self.cfg.data.verify, download=self.cfg.data.download
+        )
+        train, test = data.train, data.test
+        if self.cfg.data.train_subset:
+            train = train.subset(self.cfg.data.train_subset, self.cfg.seed)
+        if self.cfg.data.test_subset:
+            test = test.subset(self.cfg.data.test_subset, self.cfg.seed)
+        self.data = Dataset(
+            data.name, train.to(self.device), test.to(self.device), data.num_classes, data.input_shape
+        )
+        (self.out / CONFIG_COPY).write_text(config_to_yaml(self.cfg))
+        return ckpt
+
+    def _load_init(self, path: Path) -> None:
+        if not path.exists():
+            raise ConfigError(f"init: weights file {path} does not exist")
+        if path.suffix == ".safetensors":
+            state = load_model(path).model.state_dict()
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            state = obj.get("model", obj) if isinstance(obj, dict) else obj
+        try:
+            self.model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ConfigError(f"init: {path} does not fit model {self.cfg.model.name!r}: {e}") from None
+        log.info("initialised weights from %s", path)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _wall_seconds(self) -> float:
+        return self._wall_base + time.perf_counter() - self._session_start
+
+    def _save(self, extra: dict[str, Any]) -> None:
+        s = self.state
+        s.seconds["wall"] = self._wall_seconds()
+        save_checkpoint(
+            self.out / CHECKPOINT,
+            {
+                "phase": s.phase,
+                "epoch": s.epoch,
+                "history": s.history,
+                "phases": s.phases,
+                "seconds": s.seconds,
+                "config": json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True),
+                "model": self.model.state_dict(),
+                "masks": self.masks,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "data": self.generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
+                **extra,
+            },
+        )
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.state = RunState(
+            phase=ckpt["phase"],
+            epoch=ckpt["epoch"],
+            history=ckpt["history"],
+            phases=ckpt["phases"],
+            seconds=ckpt["seconds"],
+        )
+        self._wall_base = float(ckpt["seconds"].get("wall", 0.0))
+        self.model.load_state_dict(ckpt["model"])
+        self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()}
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["data"])
+        if ckpt["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        log.info("resuming %s at %s epoch %d", self.out, self.state.phase, self.state.epoch + 1)
+
+    # -- phases -------------------------------------------------------------------------------
+    def _evaluate(self) -> tuple[float, float]:
+        return evaluate(self.model, self.data.test, self.cfg.data.eval_batch_size)
+
+    def _run_phase(self, name: str, pcfg: PhaseConfig, ckpt: dict[str, Any] | None) -> None:
+        s = self.state
+        admm: ADMM | None = None
+        enforcer: MaskEnforcer | None = None
+        optimizer = build_optimizer(self.model.parameters(), pcfg.optimizer)
+        period = getattr(pcfg, "period", pcfg.epochs)
+        restart = name == "admm" and getattr(pcfg, "restart_schedule", False)
+        horizon = period if restart else pcfg.epochs
+        scheduler = build_scheduler(optimizer, pcfg.scheduler, horizon)
+        if name == "admm":
+            acfg = self.cfg.admm
+            admm = ADMM(
+                self.model,
+                self.constraints,
+                rho=acfg.rho,
+                rho_growth=acfg.rho_growth,
+                rho_max=acfg.rho_max,
+                rescale_dual=acfg.rescale_dual,
+            )
+        if self.masks:
+            enforcer = MaskEnforcer.for_layers(self.model, self.masks)
+            enforcer.attach(optimizer)
+        if ckpt is not None and ckpt.get("optimizer") is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            if not (restart and s.epoch % period == 0):
+                scheduler.load_state_dict(ckpt["scheduler"])
+            if admm is not None:
+                admm.load_state_dict(ckpt["admm"])
+        try:
+            while s.epoch < pcfg.epochs:
+                if restart and s.epoch % period == 0 and s.epoch > 0:
+                    scheduler = build_scheduler(optimizer, pcfg.scheduler, horizon)
+                lr = optimizer.param_groups[0]["lr"]
+                label = f"{name} {s.epoch + 1}/{pcfg.epochs}"
+                stats = train_epoch(
+                    self.model,
+                    self.data.train,
+                    optimizer,
+                    batch_size=self.cfg.data.batch_size,
+                    generator=self.generator,
+                    penalty=admm.penalty if admm is not None else None,
+                    progress=self.cfg.runtime.progress,
+                    desc=label,
+                )
+                scheduler.step()
+                record: dict[str, Any] = {"phase": name, "epoch": s.epoch + 1, "lr": lr}
+                if admm is not None and (s.epoch + 1) % period == 0:
+                    t0 = time.perf_counter()
+                    residuals = admm.update()
+                    record["admm_update_seconds"] = time.perf_counter() - t0
+                    record["residuals"] = {
+                        k: {"primal": r.primal, "dual": r.dual, "rho": r.rho,
+                            "relative_primal": r.relative_primal}
+                        for k, r in residuals.items()
+                    }
+                t0 = time.perf_counter()
+                test_loss, test_acc = self._evaluate()
+                record.update(
+                    train_loss=stats.loss,
+                    train_accuracy=stats.accuracy,
+                    penalty=stats.penalty,
+                    test_loss=test_loss,
+                    test_accuracy=test_acc,
+                    train_seconds=stats.seconds,
+                    eval_seconds=time.perf_counter() - t0,
+                )
+                s.history.append(record)
+                s.seconds[name] = s.seconds.get(name, 0.0) + stats.seconds + record["eval_seconds"]
+                s.epoch += 1
+                msg = (
+                    f"{label}: loss {stats.loss:.4f}  train acc {stats.accuracy:.4f}  "
+                    f"test acc {test_acc:.4f}  lr {lr:.3g}  ({stats.seconds:.1f}s)"
+                )
+                if "residuals" in record:
+                    worst = max(record["residuals"].values(), key=lambda r: r["relative_primal"])
+                    msg += f"  ADMM update: max ||W-Z||/||W|| {worst['relative_primal']:.3g}"
+                log.info(msg)
+                self._save(
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "admm": admm.state_dict() if admm is not None else None,
+                    }
+                )
+        finally:
+            if enforcer is not None:
+                enforcer.detach()
+        self._finish_phase(name, admm)
+
+    def _finish_phase(self, name: str, admm: ADMM | None) -> None:
+        s = self.state
+        test_loss, test_acc = self._last_or_eval(name)
+        s.phases[name] = {
+            "test_accuracy": test_acc,
+            "test_loss": test_loss,
+            "epochs": float(s.epoch),
+            "seconds": s.seconds.get(name, 0.0),
+        }
+        extra: dict[str, Any] = {}
+        if name == "admm":
+            t0 = time.perf_counter()
+            if admm is None:  # a resumed run that stopped exactly at the end of the phase
+                raise RuntimeError("internal: ADMM state missing at hardening")
+            self.masks = admm.harden()
+            h_loss, h_acc = self._evaluate()
+            s.phases["harden"] = {
+                "test_accuracy": h_acc,
+                "test_loss": h_loss,
+                "epochs": 0.0,
+                "seconds": time.perf_counter() - t0,
+            }
+            log.info("hardened: test acc %.4f (was %.4f before projection)", h_acc, test_acc)
+            extra["admm"] = admm.state_dict()
+        s.phase = PHASES[PHASES.index(name) + 1] if name != "retrain" else "done"
+        s.epoch = 0
+        self._save(extra)
+
+    def _last_or_eval(self, name: str) -> tuple[float, float]:
+        s = self.state
+        for rec in reversed(s.history):
+            if rec["phase"] == name:
+                return rec["test_loss"], rec["test_accuracy"]
+        return self._evaluate()
+
+    # -- the whole run ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self._session_start = time.perf_counter()
+        ckpt = self._setup()
+        if ckpt is not None:
+            self._restore(ckpt)
+        start = PHASES.index(self.state.phase) if self.state.phase in PHASES else len(PHASES)
+        for name in PHASES[start:]:
+            # Only a checkpoint written inside a phase carries its optimizer (and ADMM) state;
+            # one written at a phase boundary starts the next phase afresh.
+            mid_phase = ckpt is not None and ckpt["phase"] == name and ckpt.get("optimizer")
+            self._run_phase(name, getattr(self.cfg, name), ckpt if mid_phase else None)
+            ckpt = None
+        return self._finalize()
+
+    def _finalize(self) -> dict[str, Any]:
+        verify_model(self.model, self.constraints, self.masks)
+        test_loss, test_acc = self._evaluate()
+        model_path = self.out / MODEL_FILE
+        save_model(
+            model_path,
+            self.model,
+            self.masks,
+            model_name=self.cfg.model.name,
+            model_args=self.cfg.model.args,
+            extra={"dataset": self.cfg.data.dataset, "rules": {
+                name: c.describe() for name, c in self.constraints.items()
+            }},
+        )
+        report = build_report(
+            cfg=self.cfg,
+            model=self.model,
+            constraints=self.constraints,
+            final={"test_accuracy": test_acc, "test_loss": test_loss},
+            phases=self.state.phases,
+            history=self.state.history,
+            device=str(self.device),
+            model_file=model_path,
+            wall_seconds=self._wall_seconds(),
+        )
+        write_report(report, self.out)
+        log.info(
+            "done: pruning rate %.1fx, test accuracy %.4f; results in %s",
+            report["pruning_rate"],
+            test_acc,
+            self.out,
+        )
+        return report

@@ -1,0 +1,126 @@
+"""Epoch-level training and evaluation on in-memory tensors, plus optimizer/schedule factories."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .config import OptimizerConfig, SchedulerConfig
+from .data import Split, iterate_batches, num_batches
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: continuing would only corrupt the weights."""
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float  # mean task loss (cross entropy) over the epoch
+    penalty: float  # mean ADMM penalty over the epoch (0 outside the ADMM phase)
+    accuracy: float  # training accuracy, 0..1
+    seconds: float
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """A per-epoch schedule over ``epochs``; it restarts from the optimizer's initial lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.setdefault("initial_lr", group["lr"])
+    sched = torch.optim.lr_scheduler
+    if cfg.name == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=cfg.min_lr)
+    if cfg.name == "step":
+        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.name == "multistep":
+        return sched.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
+    return sched.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def train_epoch(
+    model: nn.Module,
+    split: Split,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    generator: torch.Generator,
+    penalty: Callable[[], Tensor] | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> EpochStats:
+    """One pass over ``split`` in shuffled mini-batches; ``penalty`` is added to every loss."""
+    model.train()
+    start = time.perf_counter()
+    total = num_batches(len(split), batch_size)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    pen_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    bar = tqdm(total=total, desc=desc, leave=False, disable=not progress, unit="batch")
+    seen = 0
+    for step, (x, y) in enumerate(iterate_batches(split, batch_size, shuffle=True, generator=generator)):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        objective = loss
+        if penalty is not None:
+            pen = penalty()
+            objective = loss + pen
+            pen_sum += pen.detach() * y.numel()
+        if not torch.isfinite(objective):
+            raise NonFiniteLossError(
+                f"{desc}: the loss became {float(objective)} at batch {step + 1} of {total}; "
+                "lower the learning rate (or rho) and resume from the last checkpoint"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * y.numel()
+        correct += (logits.detach().argmax(dim=1) == y).sum()
+        seen += y.numel()
+        if progress:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{float(correct) / seen:.4f}")
+    bar.close()
+    return EpochStats(
+        loss=float(loss_sum) / seen,
+        penalty=float(pen_sum) / seen,
+        accuracy=float(correct) / seen,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy in 0..1) over ``split``."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    for x, y in iterate_batches(split, batch_size, shuffle=False):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
+    n = len(split)
+    return float(loss_sum) / n, float(correct) / n

@@ -1,0 +1,51 @@
+"""Refuse to call a model compressed unless every layer satisfies its constraint exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .constraints import Constraint
+
+
+class ConstraintViolationError(RuntimeError):
+    """A layer is outside its constraint set: the result must not be saved as compressed."""
+
+
+def model_violations(
+    model: nn.Module, constraints: Mapping[str, Constraint], masks: Mapping[str, Tensor]
+) -> list[str]:
+    """Every problem found, one line each; an empty list means the model is valid."""
+    modules = dict(model.named_modules())
+    problems = []
+    for name, constraint in constraints.items():
+        w = modules[name].weight.detach()
+        if not torch.isfinite(w).all():
+            problems.append(f"{name}: weight holds NaN or infinite values")
+            continue
+        why = constraint.violation(w)
+        if why:
+            problems.append(f"{name}: {constraint.describe()} violated: {why}")
+        mask = masks.get(name)
+        if mask is None:
+            problems.append(f"{name}: no mask was recorded for this pruned layer")
+        elif mask.shape != w.shape:
+            problems.append(f"{name}: mask shape {tuple(mask.shape)} != weight {tuple(w.shape)}")
+        else:
+            revived = int(torch.count_nonzero(w[~mask.to(w.device)]))
+            if revived:
+                problems.append(f"{name}: {revived} weights outside the mask are non-zero")
+    return problems
+
+
+def verify_model(
+    model: nn.Module, constraints: Mapping[str, Constraint], masks: Mapping[str, Tensor]
+) -> None:
+    problems = model_violations(model, constraints, masks)
+    if problems:
+        raise ConstraintViolationError(
+            "the compressed model fails verification and was not saved:\n  - "
+            + "\n  - ".join(problems)
+        )
