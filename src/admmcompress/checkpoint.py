@@ -63,13 +63,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/corrupt files
+        # torch's own text (e.g. advice to disable weights_only) does not help here.
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            "it may be truncated or not a checkpoint of this tool"
+            f"checkpoint {path} cannot be read ({type(e).__name__}): it is truncated, corrupt "
+            "or not a checkpoint of this tool. Start the run again in a new --out folder"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            f"checkpoint {path} has format {state.get('format') if isinstance(state, dict) else '?'}, "
-            f"this version reads format {CHECKPOINT_FORMAT}"
+            f"checkpoint {path} has format {found!r}, this version reads format {CHECKPOINT_FORMAT}"
         )
     return state

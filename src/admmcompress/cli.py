@@ -25,6 +25,7 @@ EPILOG = """\
 examples:
   admmcompress run configs/lenet5_mnist_demo.yaml --out runs/demo
   admmcompress run configs/lenet5_mnist_demo.yaml --out runs/demo --resume
+  admmcompress run my.yaml --data-dir /data/datasets   # data outside ./data
   admmcompress run configs/lenet5_mnist_admm.yaml --set admm.rho=0.01 --set retrain.epochs=20
   admmcompress eval runs/demo
   admmcompress report runs/demo
@@ -44,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="compress a model as a YAML config describes",
-        description="Run (or resume) the compression pipeline described by a YAML config: "
-        "pretrain -> ADMM -> harden -> masked retrain -> verify. A checkpoint is written "
+        description="Run (or resume) the compression pipeline described by a YAML config:\n"
+        "pretrain -> ADMM -> harden -> masked retrain -> verify. A checkpoint is written\n"
         "after every epoch, so a killed run continues with --resume.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="The config format is documented in README.md (section 'Config reference').",
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         help="folder holding the datasets (default: $ADMMCOMPRESS_DATA, then the config's "
         "data.root, then ./data)",
     )
+    run.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: accept a config that differs from the run's original one",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     ev = sub.add_parser(
@@ -97,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging(log_file: Path | None) -> None:
+def _setup_logging() -> None:
+    """Console logging; a run adds its own run.log once its folder is known to be its own."""
     log.setLevel(logging.INFO)
     log.propagate = False
     for h in list(log.handlers):
@@ -106,11 +113,6 @@ def _setup_logging(log_file: Path | None) -> None:
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(console)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file)
-        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(fh)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -121,10 +123,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.no_progress:
         cfg.runtime.progress = False
     out = args.out or Path("runs") / cfg.name
-    _setup_logging(out / "run.log")
-    log.info("admmcompress %s: %s -> %s", __version__, args.config, out)
+    _setup_logging()
     with logging_redirect_tqdm(loggers=[log]):
-        Pipeline(cfg, out, resume=args.resume, data_dir=args.data_dir).run()
+        Pipeline(
+            cfg,
+            out,
+            resume=args.resume,
+            allow_changes=args.allow_changes,
+            data_dir=args.data_dir,
+        ).run()
     return 0
 
 
@@ -136,7 +143,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .report import layer_table, pruning_rates
     from .training import evaluate
 
-    _setup_logging(None)
+    _setup_logging()
     path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     saved = load_model(path)
     problems = []
@@ -158,8 +165,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     rates = pruning_rates(rows)
     print(f"model       {saved.model_name} ({path})")
     print(f"masks       verified for {len(saved.masks)} pruned layers")
-    print(f"rate        {rates['pruning_rate']:.1f}x (pruned layers), {rates['overall_rate']:.1f}x (all)")
-    print(f"{dataset:<11} test accuracy {acc * 100:.2f}%  loss {loss:.4f}  ({len(data.test)} images)")
+    rate, overall = rates["pruning_rate"], rates["overall_rate"]
+    print(f"rate        {rate:.1f}x (pruned layers), {overall:.1f}x (all)")
+    print(
+        f"{dataset:<11} test accuracy {acc * 100:.2f}%  loss {loss:.4f}  ({len(data.test)} images)"
+    )
     return 0
 
 

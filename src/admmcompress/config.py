@@ -111,7 +111,10 @@ class RuleConfig(_Strict):
     @model_validator(mode="after")
     def _one_amount(self) -> RuleConfig:
         if (self.keep is None) == (self.count is None):
-            raise ValueError("give exactly one of 'keep' (a ratio in (0, 1]) or 'count'")
+            raise ValueError(
+                "give exactly one of 'keep' (a ratio in (0, 1]) or 'count' (to switch a "
+                "rule with --set, clear the other one: --set rules.NAME.keep=)"
+            )
         return self
 
     def constraint_params(self) -> dict[str, Any]:
@@ -148,6 +151,11 @@ class RuntimeConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="CPU threads for torch")
     deterministic: bool = Field(True, description="bit-reproducible runs and resumes")
     progress: bool = Field(True, description="show progress bars")
+    flush_denormal: bool = Field(
+        True,
+        description="treat denormal floats as zero on CPU: ADMM drives many weights and "
+        "optimizer moments towards zero, and denormal arithmetic can slow an epoch 5x",
+    )
 
 
 class RunConfig(_Strict):
@@ -171,11 +179,25 @@ class RunConfig(_Strict):
     def _model_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _rules_are_mappings(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for key, rule in v.items():
+                if not isinstance(rule, dict):
+                    raise ValueError(
+                        f"rules.{key}: a rule must be a mapping such as "
+                        f"'{{prune: irregular, keep: 0.1}}', got {rule!r}"
+                    )
+        return v
+
     @field_validator("rules")
     @classmethod
     def _some_rules(cls, v: dict[str, RuleConfig]) -> dict[str, RuleConfig]:
         if not v:
-            raise ValueError("at least one layer rule is needed, e.g. 'fc1: {prune: irregular, keep: 0.1}'")
+            raise ValueError(
+                "at least one layer rule is needed, e.g. 'fc1: {prune: irregular, keep: 0.1}'"
+            )
         return v
 
 
@@ -194,11 +216,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}{where} is not valid YAML: {problem}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys (model:, rules:, ...), not {type(raw).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of keys (model:, rules:, ...), not {type(raw).__name__}"
+        )
+    if isinstance(raw.get("model"), str):  # expand the shorthand so model.name can be set
+        raw["model"] = {"name": raw["model"]}
     for item in overrides:
         apply_override(raw, item)
     return validate_config(raw, source=str(path))

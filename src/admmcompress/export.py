@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -64,8 +64,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         raise ModelFileError(f"model file {path} does not exist")
     try:
         tensors = load_file(str(path), device=str(device))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
@@ -85,6 +83,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ModelFileError(f"{path}: weights do not fit model {metadata['model']!r}: {e}") from None
+        raise ModelFileError(
+            f"{path}: weights do not fit model {metadata['model']!r}: {e}"
+        ) from None
     model.to(device)
     return SavedModel(model, masks, metadata["model"], model_args, metadata)

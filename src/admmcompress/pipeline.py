@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import __version__
 from .admm import ADMM
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, PhaseConfig, RunConfig, config_to_yaml
@@ -37,6 +38,7 @@ PHASES = ("pretrain", "admm", "retrain")
 CHECKPOINT = "checkpoint.pt"
 CONFIG_COPY = "config.yaml"
 MODEL_FILE = "model.safetensors"
+LOG_FILE = "run.log"
 
 
 class RunFolderError(RuntimeError):
@@ -54,9 +56,22 @@ class RunState:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}, so config differences can be named key by key."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
 def setup_runtime(cfg: RunConfig) -> torch.device:
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    torch.set_flush_denormal(cfg.runtime.flush_denormal)
     if cfg.runtime.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("runtime.device: 'cuda' was asked for but no CUDA GPU is available")
     use_cuda = cfg.runtime.device == "cuda" or (
@@ -89,11 +104,13 @@ class Pipeline:
         out_dir: str | os.PathLike,
         *,
         resume: bool = False,
+        allow_changes: bool = False,
         data_dir: str | os.PathLike | None = None,
     ) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
         self.resume = resume
+        self.allow_changes = allow_changes
         self.data_dir = data_dir
         self.device = torch.device("cpu")
         self.state = RunState()
@@ -104,6 +121,7 @@ class Pipeline:
         self.generator = torch.Generator()
         self._session_start = time.perf_counter()
         self._wall_base = 0.0  # wall time spent by earlier sessions of a resumed run
+        self._log_handler: logging.Handler | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _check_folder(self) -> dict[str, Any] | None:
@@ -122,21 +140,34 @@ class Pipeline:
                 "it, or choose another --out folder"
             )
         ckpt = load_checkpoint(ckpt_path)
-        saved = json.loads(ckpt["config"])
-        current = self.cfg.model_dump(mode="json")
-        saved.pop("runtime", None)
-        current.pop("runtime", None)
-        if saved != current:
-            diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise RunFolderError(
-                f"cannot resume {self.out}: the config differs from the one the run started "
-                f"with (sections: {', '.join(diff)}); see {self.out / CONFIG_COPY}"
-            )
+        saved = _flatten(json.loads(ckpt["config"]))
+        current = _flatten(self.cfg.model_dump(mode="json"))
+        changed = sorted(
+            k
+            for k in set(saved) | set(current)
+            if not k.startswith("runtime.") and saved.get(k) != current.get(k)
+        )
+        if changed:
+            listing = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            if not self.allow_changes:
+                raise RunFolderError(
+                    f"cannot resume {self.out}: the config differs from the one the run "
+                    f"started with ({listing}). Resume with the original config, or pass "
+                    "--allow-changes to continue with the new values (for example a lower "
+                    "learning rate after a NaN loss; the result is then not bit-identical "
+                    "to an uninterrupted run)"
+                )
+            log.warning("resuming with a changed config: %s", listing)
         return ckpt
 
     def _setup(self) -> dict[str, Any] | None:
-        self.out.mkdir(parents=True, exist_ok=True)
         ckpt = self._check_folder()
+        # Only now, with the folder known to be ours, does the run write into it.
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._log_handler = logging.FileHandler(self.out / LOG_FILE)
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(self._log_handler)
+        log.info("admmcompress %s: run %r in %s", __version__, self.cfg.name, self.out)
         self.device = setup_runtime(self.cfg)
         torch.manual_seed(self.cfg.seed)
         self.generator.manual_seed(self.cfg.seed + 1)
@@ -148,7 +179,10 @@ class Pipeline:
         self.model.to(self.device)
         root = resolve_data_root(self.data_dir, self.cfg.data.root)
         data = load_dataset(
-            self.cfg.data.dataset, root, verify=self.cfg.data.verify, download=self.cfg.data.download
+            self.cfg.data.dataset,
+            root,
+            verify=self.cfg.data.verify,
+            download=self.cfg.data.download,
         )
         train, test = data.train, data.test
         if self.cfg.data.train_subset:
@@ -156,7 +190,11 @@ class Pipeline:
         if self.cfg.data.test_subset:
             test = test.subset(self.cfg.data.test_subset, self.cfg.seed)
         self.data = Dataset(
-            data.name, train.to(self.device), test.to(self.device), data.num_classes, data.input_shape
+            data.name,
+            train.to(self.device),
+            test.to(self.device),
+            data.num_classes,
+            data.input_shape,
         )
         (self.out / CONFIG_COPY).write_text(config_to_yaml(self.cfg))
         return ckpt
@@ -172,7 +210,9 @@ class Pipeline:
         try:
             self.model.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as e:
-            raise ConfigError(f"init: {path} does not fit model {self.cfg.model.name!r}: {e}") from None
+            raise ConfigError(
+                f"init: {path} does not fit model {self.cfg.model.name!r}: {e}"
+            ) from None
         log.info("initialised weights from %s", path)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -274,8 +314,12 @@ class Pipeline:
                     residuals = admm.update()
                     record["admm_update_seconds"] = time.perf_counter() - t0
                     record["residuals"] = {
-                        k: {"primal": r.primal, "dual": r.dual, "rho": r.rho,
-                            "relative_primal": r.relative_primal}
+                        k: {
+                            "primal": r.primal,
+                            "dual": r.dual,
+                            "rho": r.rho,
+                            "relative_primal": r.relative_primal,
+                        }
                         for k, r in residuals.items()
                     }
                 t0 = time.perf_counter()
@@ -349,6 +393,16 @@ class Pipeline:
 
     # -- the whole run ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Run (or finish) every phase, then verify, save and report; returns report.json."""
+        try:
+            return self._run()
+        finally:
+            if self._log_handler is not None:
+                log.removeHandler(self._log_handler)
+                self._log_handler.close()
+                self._log_handler = None
+
+    def _run(self) -> dict[str, Any]:
         self._session_start = time.perf_counter()
         ckpt = self._setup()
         if ckpt is not None:
@@ -372,9 +426,10 @@ class Pipeline:
             self.masks,
             model_name=self.cfg.model.name,
             model_args=self.cfg.model.args,
-            extra={"dataset": self.cfg.data.dataset, "rules": {
-                name: c.describe() for name, c in self.constraints.items()
-            }},
+            extra={
+                "dataset": self.cfg.data.dataset,
+                "rules": {name: c.describe() for name, c in self.constraints.items()},
+            },
         )
         report = build_report(
             cfg=self.cfg,

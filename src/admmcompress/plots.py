@@ -8,7 +8,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 PHASE_COLORS = {"pretrain": "#4c72b0", "admm": "#dd8452", "retrain": "#55a868"}
 
@@ -21,8 +21,12 @@ def plot_training_curves(report: dict[str, Any], path: Path) -> None:
         if not xs:
             continue
         recs = [r for r in hist if r["phase"] == phase]
-        ax_acc.plot(xs, [r["test_accuracy"] * 100 for r in recs], "o-", ms=3, color=color, label=phase)
-        ax_loss.plot(xs, [r["train_loss"] for r in recs], "o-", ms=3, color=color, label=f"{phase} train")
+        ax_acc.plot(
+            xs, [r["test_accuracy"] * 100 for r in recs], "o-", ms=3, color=color, label=phase
+        )
+        ax_loss.plot(
+            xs, [r["train_loss"] for r in recs], "o-", ms=3, color=color, label=f"{phase} train"
+        )
         ax_loss.plot(xs, [r["test_loss"] for r in recs], "--", color=color, label=f"{phase} test")
     harden = report["phases"].get("harden")
     if harden:
@@ -54,7 +58,10 @@ def plot_layer_density(report: dict[str, Any], path: Path) -> None:
         )
     ax.invert_yaxis()
     ax.set_xscale("log")
-    ax.set(xlabel="non-zero weights (%, log scale)", title=f"Density per layer ({report['pruning_rate']:.1f}x)")
+    ax.set(
+        xlabel="non-zero weights (%, log scale)",
+        title=f"Density per layer ({report['pruning_rate']:.1f}x)",
+    )
     ax.set_xlim(right=max(dens) * 8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -67,9 +74,15 @@ def plot_admm_residuals(report: dict[str, Any], path: Path) -> None:
     for name in its[0]["layers"]:
         xs = [it["iteration"] for it in its]
         ax_p.plot(xs, [it["layers"][name]["relative_primal"] for it in its], "o-", ms=3, label=name)
-        ax_d.plot(xs, [max(it["layers"][name]["dual"], 1e-12) for it in its], "o-", ms=3, label=name)
-    ax_p.set(xlabel="ADMM iteration", ylabel="||W - Z|| / ||W||", title="Primal residual", yscale="log")
-    ax_d.set(xlabel="ADMM iteration", ylabel="rho ||Z - Z_prev||", title="Dual residual", yscale="log")
+        ax_d.plot(
+            xs, [max(it["layers"][name]["dual"], 1e-12) for it in its], "o-", ms=3, label=name
+        )
+    ax_p.set(
+        xlabel="ADMM iteration", ylabel="||W - Z|| / ||W||", title="Primal residual", yscale="log"
+    )
+    ax_d.set(
+        xlabel="ADMM iteration", ylabel="rho ||Z - Z_prev||", title="Dual residual", yscale="log"
+    )
     for ax in (ax_p, ax_d):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

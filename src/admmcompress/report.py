@@ -93,7 +93,6 @@ def build_report(
         {"iteration": i + 1, "epoch": rec["epoch"], "layers": rec["residuals"]}
         for i, rec in enumerate(r for r in history if "residuals" in r)
     ]
-    weights = [r for r in layers]
     return {
         "name": cfg.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -101,8 +100,8 @@ def build_report(
         "final": final,
         "phases": phases,
         "layers": layers,
-        "weights_total": sum(r["params"] for r in weights),
-        "nonzero_total": sum(r["nonzero"] for r in weights),
+        "weights_total": sum(r["params"] for r in layers),
+        "nonzero_total": sum(r["nonzero"] for r in layers),
         "wall_seconds": wall_seconds,
         "device": device,
         "seed": cfg.seed,
@@ -201,6 +200,8 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> None:
 
 def read_report(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / REPORT_JSON
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
     if not path.exists():
         raise FileNotFoundError(
             f"{path} does not exist: the run in {run_dir} has not finished (resume it with "

@@ -80,7 +80,9 @@ def train_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
     bar = tqdm(total=total, desc=desc, leave=False, disable=not progress, unit="batch")
     seen = 0
-    for step, (x, y) in enumerate(iterate_batches(split, batch_size, shuffle=True, generator=generator)):
+    for step, (x, y) in enumerate(
+        iterate_batches(split, batch_size, shuffle=True, generator=generator)
+    ):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         objective = loss
@@ -91,7 +93,8 @@ def train_epoch(
         if not torch.isfinite(objective):
             raise NonFiniteLossError(
                 f"{desc}: the loss became {float(objective)} at batch {step + 1} of {total}; "
-                "lower the learning rate (or rho) and resume from the last checkpoint"
+                "the last good checkpoint is kept: lower the learning rate (or rho) and "
+                "continue with --resume --allow-changes --set ..."
             )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
@@ -102,7 +105,9 @@ def train_epoch(
         if progress:
             bar.update(1)
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{float(correct) / seen:.4f}")
+                bar.set_postfix(
+                    loss=f"{float(loss_sum) / seen:.4f}", acc=f"{float(correct) / seen:.4f}"
+                )
     bar.close()
     return EpochStats(
         loss=float(loss_sum) / seen,

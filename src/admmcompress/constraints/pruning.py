@@ -21,7 +21,7 @@ def keep_count(total: int, keep: float) -> int:
     """Number of entries a keep ratio means: round(keep * total), at least 1."""
     if not 0.0 < keep <= 1.0:
         raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
-    return max(1, min(total, int(math.floor(keep * total + 0.5))))
+    return max(1, min(total, math.floor(keep * total + 0.5)))
 
 
 def topk_mask(scores: Tensor, k: int) -> Tensor:

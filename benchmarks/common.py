@@ -1,0 +1,44 @@
+"""Shared bits of the benchmark scripts: machine facts and result writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def write_results(name: str, data: dict[str, Any], table: str) -> None:
+    """benchmarks/results/<name>.json (machine-readable) and <name>.md (a markdown table)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = {
+        "benchmark": name,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        **data,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    m = data["machine"]
+    header = (
+        f"# {name}\n\n{data['date']}, {m['cores']} cores, torch {m['torch']} "
+        f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}\n\n"
+    )
+    (RESULTS / f"{name}.md").write_text(header + table + "\n")
+    print(header + table)

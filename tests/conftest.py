@@ -1,0 +1,21 @@
+"""Shared fixtures: the repo's shipped MNIST and a tiny run config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "data"
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    """configs/tiny_test.yaml with progress bars off, written to a temp folder."""
+    cfg = yaml.safe_load((REPO / "configs" / "tiny_test.yaml").read_text())
+    cfg.setdefault("runtime", {})["progress"] = False
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

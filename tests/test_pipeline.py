@@ -1,0 +1,198 @@
+"""End-to-end runs on 2,000 real MNIST images: exact sparsity, report agreement, resume, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from admmcompress.checkpoint import load_checkpoint
+from admmcompress.cli import main
+from admmcompress.export import load_model
+
+from .conftest import DATA_DIR
+
+EXPECTED_NONZERO = {"conv1": 250, "conv2": 2500, "fc1": 20000, "fc2": 250}  # tiny_test.yaml rules
+
+
+def _run(config: Path, out: Path, *extra: str) -> int:
+    return main(["run", str(config), "--out", str(out), "--data-dir", str(DATA_DIR), *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny_test.yaml").read_text())
+    cfg["runtime"] = {"progress": False}
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp / "run"
+    assert _run(tmp / "tiny.yaml", out) == 0
+    return out
+
+
+def test_run_folder_contents(tiny_run: Path) -> None:
+    for name in (
+        "report.json",
+        "report.md",
+        "model.safetensors",
+        "checkpoint.pt",
+        "config.yaml",
+        "run.log",
+        "training_curves.png",
+        "layer_density.png",
+        "admm_residuals.png",
+    ):
+        assert (tiny_run / name).is_file(), name
+    assert "done: pruning rate" in (tiny_run / "run.log").read_text()
+
+
+def test_exact_nonzero_counts_after_retraining(tiny_run: Path) -> None:
+    saved = load_model(tiny_run / "model.safetensors")
+    modules = dict(saved.model.named_modules())
+    for name, expected in EXPECTED_NONZERO.items():
+        w = modules[name].weight
+        assert int(torch.count_nonzero(w)) == expected, name
+        mask = saved.masks[name]
+        assert int(mask.sum()) == expected
+        assert torch.count_nonzero(w[~mask]) == 0
+
+
+def test_report_agrees_with_saved_weights(tiny_run: Path) -> None:
+    report = json.loads((tiny_run / "report.json").read_text())
+    tensors = load_file(str(tiny_run / "model.safetensors"))
+    total = nonzero = 0
+    for row in report["layers"]:
+        w = tensors[f"{row['name']}.weight"]
+        assert row["shape"] == list(w.shape)
+        assert row["params"] == w.numel()
+        assert row["nonzero"] == int(torch.count_nonzero(w))
+        assert row["bits"] == 32
+        total += row["params"]
+        nonzero += row["nonzero"]
+    assert report["pruning_rate"] == pytest.approx(total / nonzero)
+    assert report["pruning_rate"] == pytest.approx(430500 / sum(EXPECTED_NONZERO.values()))
+    assert 0.0 <= report["final"]["test_accuracy"] <= 1.0
+    assert set(report["phases"]) == {"pretrain", "admm", "harden", "retrain"}
+    for phase in report["phases"].values():
+        assert {"test_accuracy", "test_loss", "seconds"} <= set(phase)
+    assert report["seed"] == 0
+    assert report["versions"]["torch"] == torch.__version__
+    assert report["config"]["model"]["name"] == "lenet5"
+    assert len(report["admm_residuals"]) == 2  # 2 ADMM epochs, period 1
+    # the final accuracy is the saved model's accuracy
+    assert main(["eval", str(tiny_run), "--data-dir", str(DATA_DIR)]) == 0
+
+
+def test_eval_matches_report(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # tiny_test evaluates on a 1,000-image subset; eval uses the full test set, so only check
+    # that eval runs, verifies the masks and prints the rate.
+    assert main(["eval", str(tiny_run / "model.safetensors"), "--data-dir", str(DATA_DIR)]) == 0
+    out = capsys.readouterr().out
+    assert "masks       verified for 4 pruned layers" in out
+    assert "18.7x" in out
+
+
+def test_report_command_rebuilds(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tiny_run / "report.md").unlink()
+    assert main(["report", str(tiny_run)]) == 0
+    assert (tiny_run / "report.md").is_file()
+    assert "pruning rate (pruned layers) | 18.7x" in capsys.readouterr().out
+
+
+def test_finished_run_folder_is_not_overwritten(tiny_run: Path, tiny_config: Path) -> None:
+    before = (tiny_run / "model.safetensors").read_bytes()
+    assert _run(tiny_config, tiny_run) == 2
+    assert (tiny_run / "model.safetensors").read_bytes() == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path: Path, tiny_config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "nan"
+    code = _run(
+        tiny_config,
+        out,
+        "--set",
+        "admm.optimizer={name: sgd, lr: 1.0e+12}",
+    )
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "training stopped" in err and "loss became" in err and "admm 1/2" in err
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["phase"] == "admm" and ckpt["epoch"] == 0  # the boundary after pretraining
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not (out / "model.safetensors").exists()
+
+
+# -- resume after a hard kill --------------------------------------------------------------------
+
+
+def _resume_config(tmp_path: Path) -> Path:
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny_test.yaml").read_text())
+    cfg["admm"].update(epochs=4, period=2, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9})
+    cfg["retrain"].update(epochs=3, scheduler={"name": "cosine"})
+    cfg["data"]["train_subset"] = 1500
+    cfg["runtime"] = {"progress": False, "threads": 1}
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "admmcompress", *args, "--data-dir", str(DATA_DIR), "--no-progress"]
+
+
+def _kill_when(out: Path, marker: str, cmd: list[str], timeout: float = 120) -> None:
+    """Start ``cmd``, SIGKILL it as soon as run.log contains ``marker``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "run.log"
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if log.exists() and marker in log.read_text():
+                proc.send_signal(signal.SIGKILL)
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"run finished before {marker!r} was logged")
+            time.sleep(0.02)
+        else:
+            pytest.fail(f"{marker!r} never appeared in {log}")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
+    config = _resume_config(tmp_path)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ref = tmp_path / "reference"
+    subprocess.run(_cli("run", str(config), "--out", str(ref)), check=True, env=env)
+
+    out = tmp_path / "killed"
+    run_cmd = _cli("run", str(config), "--out", str(out))
+    # kill inside the ADMM phase (after its first epoch), resume, kill inside retraining, resume
+    _kill_when(out, "admm 1/4", run_cmd)
+    assert load_checkpoint(out / "checkpoint.pt")["phase"] == "admm"
+    _kill_when(out, "retrain 1/3", [*run_cmd, "--resume"])
+    subprocess.run([*run_cmd, "--resume"], check=True, env=env)
+
+    log = (out / "run.log").read_text()
+    assert log.count("resuming") == 2
+    a = load_file(str(ref / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ra = json.loads((ref / "report.json").read_text())
+    rb = json.loads((out / "report.json").read_text())
+    assert [h["test_accuracy"] for h in ra["history"]] == [h["test_accuracy"] for h in rb["history"]]
