@@ -19,7 +19,8 @@ from admmcompress.checkpoint import load_checkpoint
 from admmcompress.cli import main
 from admmcompress.export import load_model
 
-from .conftest import DATA_DIR
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO / "data"
 
 EXPECTED_NONZERO = {"conv1": 250, "conv2": 2500, "fc1": 20000, "fc2": 250}  # tiny_test.yaml rules
 
@@ -31,7 +32,7 @@ def _run(config: Path, out: Path, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("tiny")
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny_test.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs/tiny_test.yaml").read_text())
     cfg["runtime"] = {"progress": False}
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp / "run"
@@ -137,7 +138,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 
 
 def _resume_config(tmp_path: Path) -> Path:
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny_test.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs/tiny_test.yaml").read_text())
     cfg["admm"].update(epochs=4, period=2, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9})
     cfg["retrain"].update(epochs=3, scheduler={"name": "cosine"})
     cfg["data"]["train_subset"] = 1500
@@ -148,7 +149,15 @@ def _resume_config(tmp_path: Path) -> Path:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "admmcompress", *args, "--data-dir", str(DATA_DIR), "--no-progress"]
+    return [
+        sys.executable,
+        "-m",
+        "admmcompress",
+        *args,
+        "--data-dir",
+        str(DATA_DIR),
+        "--no-progress",
+    ]
 
 
 def _kill_when(out: Path, marker: str, cmd: list[str], timeout: float = 120) -> None:
@@ -195,4 +204,6 @@ def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
         assert torch.equal(a[key], b[key]), key
     ra = json.loads((ref / "report.json").read_text())
     rb = json.loads((out / "report.json").read_text())
-    assert [h["test_accuracy"] for h in ra["history"]] == [h["test_accuracy"] for h in rb["history"]]
+    assert [h["test_accuracy"] for h in ra["history"]] == [
+        h["test_accuracy"] for h in rb["history"]
+    ]

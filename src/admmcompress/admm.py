@@ -44,6 +44,7 @@ class _Layer:
         self.z = constraint.project(w).clone()
         self.u = torch.zeros_like(w)
         self.target = self.z.clone()  # Z - U, cached so the penalty costs one subtraction
+        self.scratch: Tensor | None = None  # reused by add_penalty_grad_ (no per-batch alloc)
         self.last_dual = 0.0
 
     def refresh_target(self) -> None:
@@ -80,6 +81,10 @@ class ADMM:
             raise ValueError(f"rho must be a positive number, got {rho}")
         if not rho_growth >= 1.0:
             raise ValueError(f"rho_growth must be >= 1, got {rho_growth}")
+        if rho_max is not None and not rho_max >= rho:
+            raise ValueError(f"rho_max ({rho_max}) must be >= the initial rho ({rho})")
+        if not rules:
+            raise ValueError("ADMM needs at least one rule: no layer would be constrained")
         self.rho_growth = rho_growth
         self.rho_max = rho_max
         self.rescale_dual = rescale_dual
@@ -100,6 +105,24 @@ class ADMM:
             for layer in self.layers.values()
         ]
         return torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def add_penalty_grad_(self) -> None:
+        """Add the penalty's gradient rho * (W - Z + U) to each ``weight.grad`` in place.
+
+        The same W-step as adding ``penalty()`` to the loss, for a loop that calls this between
+        ``backward()`` and ``optimizer.step()``: it skips the autograd graph and reuses one
+        buffer per layer, which keeps the ADMM epoch as fast as a plain one.
+        """
+        for layer in self.layers.values():
+            w = layer.weight
+            if layer.scratch is None or layer.scratch.shape != w.shape:
+                layer.scratch = torch.empty_like(w, memory_format=torch.preserve_format)
+            torch.sub(w.detach(), layer.target, out=layer.scratch)
+            if w.grad is None:
+                w.grad = layer.scratch.mul(layer.rho)
+            else:
+                w.grad.add_(layer.scratch, alpha=layer.rho)
 
     # -- Z-, U-step and rho schedule --------------------------------------------------------
     @torch.no_grad()
@@ -156,7 +179,12 @@ class ADMM:
         return {
             "iteration": self.iteration,
             "layers": {
-                name: {"z": layer.z, "u": layer.u, "rho": layer.rho, "last_dual": layer.last_dual}
+                name: {
+                    "z": layer.z.clone(),
+                    "u": layer.u.clone(),  # update() changes u in place
+                    "rho": layer.rho,
+                    "last_dual": layer.last_dual,
+                }
                 for name, layer in self.layers.items()
             },
             "history": [

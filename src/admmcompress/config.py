@@ -77,6 +77,8 @@ class AdmmConfig(PhaseConfig):
 
     @model_validator(mode="after")
     def _period_fits(self) -> AdmmConfig:
+        if self.rho_max is not None and self.rho_max < self.rho:
+            raise ValueError(f"rho_max ({self.rho_max}) must be >= rho ({self.rho})")
         if self.period > self.epochs:
             raise ValueError(
                 f"period ({self.period}) is longer than epochs ({self.epochs}): "

@@ -303,12 +303,15 @@ class Pipeline:
                     optimizer,
                     batch_size=self.cfg.data.batch_size,
                     generator=self.generator,
-                    penalty=admm.penalty if admm is not None else None,
+                    after_backward=admm.add_penalty_grad_ if admm is not None else None,
                     progress=self.cfg.runtime.progress,
                     desc=label,
                 )
                 scheduler.step()
                 record: dict[str, Any] = {"phase": name, "epoch": s.epoch + 1, "lr": lr}
+                if admm is not None:
+                    with torch.no_grad():
+                        record["penalty"] = float(admm.penalty())  # before this epoch's update
                 if admm is not None and (s.epoch + 1) % period == 0:
                     t0 = time.perf_counter()
                     residuals = admm.update()
@@ -327,7 +330,6 @@ class Pipeline:
                 record.update(
                     train_loss=stats.loss,
                     train_accuracy=stats.accuracy,
-                    penalty=stats.penalty,
                     test_loss=test_loss,
                     test_accuracy=test_acc,
                     train_seconds=stats.seconds,

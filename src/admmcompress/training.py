@@ -68,10 +68,15 @@ def train_epoch(
     batch_size: int,
     generator: torch.Generator,
     penalty: Callable[[], Tensor] | None = None,
+    after_backward: Callable[[], None] | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> EpochStats:
-    """One pass over ``split`` in shuffled mini-batches; ``penalty`` is added to every loss."""
+    """One pass over ``split`` in shuffled mini-batches.
+
+    ``penalty`` (differentiable) is added to every loss; ``after_backward`` runs between
+    ``backward()`` and ``optimizer.step()``, e.g. ``ADMM.add_penalty_grad_``.
+    """
     model.train()
     start = time.perf_counter()
     total = num_batches(len(split), batch_size)
@@ -92,12 +97,15 @@ def train_epoch(
             pen_sum += pen.detach() * y.numel()
         if not torch.isfinite(objective):
             raise NonFiniteLossError(
-                f"{desc}: the loss became {float(objective)} at batch {step + 1} of {total}; "
+                f"{desc}: the loss became {float(objective.detach())} at batch "
+                f"{step + 1} of {total}; "
                 "the last good checkpoint is kept: lower the learning rate (or rho) and "
                 "continue with --resume --allow-changes --set ..."
             )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        if after_backward is not None:
+            after_backward()
         optimizer.step()
         loss_sum += loss.detach() * y.numel()
         correct += (logits.detach().argmax(dim=1) == y).sum()

@@ -1,0 +1,82 @@
+"""Run a recipe end to end through the CLI and record rate, accuracy and wall time.
+
+    python benchmarks/run_config.py configs/lenet5_mnist_demo.yaml --name demo
+    python benchmarks/run_config.py configs/lenet5_mnist_admm.yaml --name paper_admm \\
+        --paper "ECCV 2018 one-step ADMM: 71x at 99.2%"
+
+The wall time is the whole command (process start, data loading, every phase, report),
+as a user would see it; creating the virtual environment is not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import write_results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("config", type=Path)
+    ap.add_argument("--name", required=True, help="result name (benchmarks/results/<name>.*)")
+    ap.add_argument("--out", type=Path, help="run folder (default: runs/bench_<name>)")
+    ap.add_argument("--paper", default="", help="the published result to print beside ours")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+
+    out = args.out or Path("runs") / f"bench_{args.name}"
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "admmcompress", "run", str(args.config), "--out", str(out)]
+    cmd += ["--no-progress"] + [x for o in args.overrides for x in ("--set", o)]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - start
+    report = json.loads((out / "report.json").read_text())
+    phases = report["phases"]
+    rows = [
+        "| measure | value |",
+        "| --- | ---: |",
+        f"| config | `{args.config}` |",
+        f"| pruning rate (pruned layers) | {report['pruning_rate']:.1f}x |",
+        f"| non-zero weights | {report['nonzero_total']:,} of {report['weights_total']:,} |",
+        f"| test accuracy after pretraining (dense) | {phases['pretrain']['test_accuracy']:.2%} |",
+        f"| test accuracy after ADMM, before hardening | {phases['admm']['test_accuracy']:.2%} |",
+        f"| test accuracy right after hardening | {phases['harden']['test_accuracy']:.2%} |",
+        f"| final test accuracy (masked retraining) | {report['final']['test_accuracy']:.2%} |",
+        f"| wall time of the whole command | {wall / 60:.1f} min |",
+    ]
+    rows += [
+        f"| {p} time | {phases[p]['seconds'] / 60:.1f} min ({int(phases[p]['epochs'])} epochs) |"
+        for p in ("pretrain", "admm", "retrain")
+    ]
+    if args.paper:
+        rows.append(f"| published result | {args.paper} |")
+    rows.append("\n| layer | weights | non-zero | rate |\n| --- | ---: | ---: | ---: |")
+    for r in report["layers"]:
+        rate = r["params"] / r["nonzero"]
+        rows.append(f"| {r['name']} | {r['params']:,} | {r['nonzero']:,} | {rate:.1f}x |")
+    write_results(
+        args.name,
+        {
+            "config": str(args.config),
+            "overrides": args.overrides,
+            "wall_seconds": wall,
+            "pruning_rate": report["pruning_rate"],
+            "final_test_accuracy": report["final"]["test_accuracy"],
+            "phases": phases,
+            "layers": [{k: r[k] for k in ("name", "params", "nonzero")} for r in report["layers"]],
+            "paper": args.paper,
+        },
+        "\n".join(rows),
+    )
+
+
+if __name__ == "__main__":
+    main()

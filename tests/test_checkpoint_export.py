@@ -1,0 +1,87 @@
+"""Atomic checkpoint writes, safe loading, and bit-exact model files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from admmcompress import ADMM, Irregular, create_model
+from admmcompress.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    save_checkpoint,
+)
+from admmcompress.export import ModelFileError, load_model, save_model
+
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def broken(tmp: Path) -> None:
+        tmp.write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, broken)
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp file left behind
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
+    model = create_model("lenet5")
+    admm = ADMM(model, {"fc1": Irregular(keep=0.1)})
+    admm.update()
+    state = {"model": model.state_dict(), "admm": admm.state_dict(), "rng": torch.get_rng_state()}
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(back["admm"]["layers"]["fc1"]["z"], admm.layers["fc1"].z)
+    assert back["format"] == 1
+
+
+def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"model": create_model("lenet5").state_dict()})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "payload": Path("/")}, path)  # an arbitrary class, not a tensor
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_model_file_round_trip_is_bit_exact(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("lenet300")
+    admm = ADMM(model, {"fc*": Irregular(keep=0.1)})
+    masks = admm.harden()
+    save_model(tmp_path / "m.safetensors", model, masks, model_name="lenet300", model_args={})
+    saved = load_model(tmp_path / "m.safetensors")
+    assert saved.model_name == "lenet300"
+    for key, value in model.state_dict().items():
+        assert torch.equal(saved.model.state_dict()[key], value), key
+    for name, mask in masks.items():
+        assert torch.equal(saved.masks[name], mask)
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(ModelFileError, match="not written by admmcompress"):
+        load_model(path)
+
+
+def test_garbage_model_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\x00" * 7)
+    with pytest.raises(ModelFileError, match="not a readable safetensors file"):
+        load_model(path)
