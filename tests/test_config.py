@@ -137,10 +137,16 @@ def test_unknown_prune_kind() -> None:
         assert kind in msg
 
 
-def test_rule_missing_prune_is_required() -> None:
+def test_rule_keep_without_prune() -> None:
     msg = error_of(make(**rule(keep=0.5)))
-    assert "rules.conv1.prune" in msg
-    assert "required" in msg
+    assert "rules.conv1" in msg
+    assert "need 'prune'" in msg
+
+
+def test_rule_with_neither_prune_nor_quantize() -> None:
+    msg = error_of(make(rules={"conv1": {}}))
+    assert "rules.conv1" in msg
+    assert "'prune'" in msg and "'quantize'" in msg
 
 
 def test_empty_rule_message_shows_rule_shape() -> None:

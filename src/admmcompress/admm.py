@@ -165,11 +165,16 @@ class ADMM:
     # -- hardening ----------------------------------------------------------------------------
     @torch.no_grad()
     def harden(self) -> dict[str, Tensor]:
-        """Project every constrained weight onto its set in place; return the boolean masks."""
+        """Project every constrained weight onto its set in place; return the boolean masks.
+
+        A mask marks the weights the set allows to be non-zero (all of them for a layer that
+        is only quantized); retraining keeps the others at zero.
+        """
         masks = {}
         for name, layer in self.layers.items():
-            mask = layer.constraint.mask(layer.weight.detach())
-            layer.weight.masked_fill_(~mask, 0.0)
+            w = layer.weight.detach()
+            mask = layer.constraint.mask(w)
+            layer.weight.copy_(layer.constraint.project(w))
             masks[name] = mask
         return masks
 

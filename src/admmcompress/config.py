@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -62,6 +63,28 @@ class PhaseConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
 
 
+class RetrainConfig(PhaseConfig):
+    """Masked retraining after hardening; for quantized layers also how they stay on the grid."""
+
+    epochs: int = Field(10, ge=0)
+    quant_method: Literal["ste", "freeze"] = Field(
+        "ste",
+        description="ste: straight-through estimator on full-precision shadow weights; "
+        "freeze: ADMM-NN style snap-and-freeze in rounds",
+    )
+    freeze_fractions: list[float] = Field(
+        default_factory=lambda: [0.5, 0.75, 0.875, 0.9375],
+        description="freeze: share of each layer's weights snapped by each round",
+    )
+
+    @field_validator("freeze_fractions")
+    @classmethod
+    def _increasing(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < f <= 1 for f in v) or any(b <= a for a, b in pairwise(v)):
+            raise ValueError("must be a non-empty increasing list of fractions in (0, 1]")
+        return v
+
+
 class AdmmConfig(PhaseConfig):
     """The ADMM phase: W-steps of ``period`` epochs, each followed by the Z- and U-step."""
 
@@ -87,20 +110,59 @@ class AdmmConfig(PhaseConfig):
         return self
 
 
-class RuleConfig(_Strict):
-    """How one layer (or a pattern of layers) is compressed."""
+class QuantizeConfig(_Strict):
+    """Which values a layer's weights may take: ``binary``, ``ternary`` or b-bit ``uniform``."""
 
-    prune: str = Field(description="constraint kind: irregular, filter, channel or column")
+    kind: Literal["binary", "ternary", "uniform"]
+    bits: int | None = Field(None, description="uniform only: bits per weight, 2..8")
+    per_channel: bool = Field(False, description="one scale per output channel")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        """``quantize: binary`` / ``ternary`` / ``4`` (bits) as short forms."""
+        if isinstance(v, str) and v in ("binary", "ternary"):
+            return {"kind": v}
+        if isinstance(v, int) and not isinstance(v, bool):
+            return {"kind": "uniform", "bits": v}
+        return v
+
+    @model_validator(mode="after")
+    def _bits(self) -> QuantizeConfig:
+        implied = {"binary": 1, "ternary": 2}.get(self.kind)
+        if implied is not None:
+            if self.bits not in (None, implied):
+                raise ValueError(f"{self.kind} weights use {implied} bit(s); drop 'bits'")
+        elif self.bits is None or not 2 <= self.bits <= 8:
+            raise ValueError(
+                f"uniform quantization needs 'bits' between 2 and 8, got {self.bits} "
+                "(use kind: binary for 1 bit)"
+            )
+        return self
+
+    def constraint_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {"per_channel": self.per_channel}
+        if self.kind == "uniform":
+            params["bits"] = self.bits
+        return params
+
+
+class RuleConfig(_Strict):
+    """How one layer (or a pattern of layers) is compressed: pruned, quantized, or both."""
+
+    prune: str | None = Field(None, description="pruning kind: irregular, filter, channel, column")
     keep: float | None = Field(None, description="ratio of weights (or groups) kept, in (0, 1]")
     count: int | None = Field(None, ge=1, description="absolute number kept instead of a ratio")
+    quantize: QuantizeConfig | None = Field(
+        None, description="binary | ternary | {kind: uniform, bits: 2..8, per_channel: bool}"
+    )
 
     @field_validator("prune")
     @classmethod
-    def _known_kind(cls, v: str) -> str:
-        if v not in available_constraints():
-            raise ValueError(
-                f"unknown pruning kind {v!r}; allowed: {', '.join(available_constraints())}"
-            )
+    def _known_kind(cls, v: str | None) -> str | None:
+        kinds = available_constraints("prune")
+        if v is not None and v not in kinds:
+            raise ValueError(f"unknown pruning kind {v!r}; allowed: {', '.join(kinds)}")
         return v
 
     @field_validator("keep")
@@ -112,6 +174,15 @@ class RuleConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_amount(self) -> RuleConfig:
+        if self.prune is None:
+            if self.keep is not None or self.count is not None:
+                raise ValueError("'keep' and 'count' need 'prune' (e.g. prune: irregular)")
+            if self.quantize is None:
+                raise ValueError(
+                    "a rule needs 'prune' (with 'keep' or 'count'), 'quantize', or both, "
+                    "e.g. {prune: irregular, keep: 0.1} or {quantize: binary}"
+                )
+            return self
         if (self.keep is None) == (self.count is None):
             raise ValueError(
                 "give exactly one of 'keep' (a ratio in (0, 1]) or 'count' (to switch a "
@@ -172,7 +243,7 @@ class RunConfig(_Strict):
     )
     pretrain: PhaseConfig = Field(default_factory=PhaseConfig)
     admm: AdmmConfig = Field(default_factory=AdmmConfig)
-    retrain: PhaseConfig = Field(default_factory=lambda: PhaseConfig(epochs=10))
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     rules: dict[str, RuleConfig]
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 

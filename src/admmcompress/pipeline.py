@@ -21,12 +21,13 @@ from torch import Tensor, nn
 from . import __version__
 from .admm import ADMM
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError, PhaseConfig, RunConfig, config_to_yaml
-from .constraints import Constraint, make_constraint
+from .config import ConfigError, PhaseConfig, RuleConfig, RunConfig, config_to_yaml
+from .constraints import Constraint, PrunedQuantized, make_constraint, quantizer_of
 from .data import Dataset, load_dataset, resolve_data_root
 from .export import load_model, save_model
 from .masking import MaskEnforcer
 from .models import create_model
+from .quant_retrain import SnapFreeze, STEQuantizer
 from .report import build_report, write_report
 from .selection import select_layers
 from .training import build_optimizer, build_scheduler, evaluate, train_epoch
@@ -86,13 +87,22 @@ def setup_runtime(cfg: RunConfig) -> torch.device:
     return device
 
 
+def rule_constraint(rule: RuleConfig) -> Constraint:
+    """The constraint set a config rule describes: pruned, quantized, or both."""
+    prune = make_constraint(rule.prune, **rule.constraint_params()) if rule.prune else None
+    quant = None
+    if rule.quantize is not None:
+        quant = make_constraint(rule.quantize.kind, **rule.quantize.constraint_params())
+    if prune is not None and quant is not None:
+        return PrunedQuantized(prune, quant)
+    constraint = prune or quant
+    assert constraint is not None  # the schema requires prune or quantize
+    return constraint
+
+
 def layer_constraints(model: nn.Module, cfg: RunConfig) -> dict[str, Constraint]:
     """Turn the config's rules into one constraint per selected layer (raises on bad rules)."""
-    rules = {
-        selector: make_constraint(rule.prune, **rule.constraint_params())
-        for selector, rule in cfg.rules.items()
-    }
-    return select_layers(model, rules)
+    return select_layers(model, {sel: rule_constraint(rule) for sel, rule in cfg.rules.items()})
 
 
 class Pipeline:
@@ -118,6 +128,9 @@ class Pipeline:
         self.data: Dataset
         self.constraints: dict[str, Constraint] = {}
         self.masks: dict[str, Tensor] = {}
+        # Full-precision weights of quantized layers just before hardening: where the
+        # retraining of those layers starts (STE shadows, or snap-and-freeze).
+        self.quant_init: dict[str, Tensor] = {}
         self.generator = torch.Generator()
         self._session_start = time.perf_counter()
         self._wall_base = 0.0  # wall time spent by earlier sessions of a resumed run
@@ -233,6 +246,7 @@ class Pipeline:
                 "config": json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True),
                 "model": self.model.state_dict(),
                 "masks": self.masks,
+                "quant_init": self.quant_init,
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "data": self.generator.get_state(),
@@ -253,6 +267,7 @@ class Pipeline:
         self._wall_base = float(ckpt["seconds"].get("wall", 0.0))
         self.model.load_state_dict(ckpt["model"])
         self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()}
+        self.quant_init = {k: v.to(self.device) for k, v in ckpt["quant_init"].items()}
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.generator.set_state(ckpt["rng"]["data"])
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
@@ -267,7 +282,9 @@ class Pipeline:
         s = self.state
         admm: ADMM | None = None
         enforcer: MaskEnforcer | None = None
-        optimizer = build_optimizer(self.model.parameters(), pcfg.optimizer)
+        quant = self._quant_retrainer(name, ckpt) if name == "retrain" else None
+        params = quant.optimizer_params(self.model) if quant else list(self.model.parameters())
+        optimizer = build_optimizer(params, pcfg.optimizer)
         period = getattr(pcfg, "period", pcfg.epochs)
         restart = name == "admm" and getattr(pcfg, "restart_schedule", False)
         horizon = period if restart else pcfg.epochs
@@ -283,7 +300,11 @@ class Pipeline:
                 rescale_dual=acfg.rescale_dual,
             )
         if self.masks:
-            enforcer = MaskEnforcer.for_layers(self.model, self.masks)
+            modules = dict(self.model.named_modules())
+            weights = {n: modules[n].weight for n in self.masks}
+            if isinstance(quant, STEQuantizer):
+                weights.update(quant.shadow)  # the optimizer moves the shadows
+            enforcer = MaskEnforcer(weights, self.masks)
             enforcer.attach(optimizer)
         if ckpt is not None and ckpt.get("optimizer") is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -291,10 +312,21 @@ class Pipeline:
                 scheduler.load_state_dict(ckpt["scheduler"])
             if admm is not None:
                 admm.load_state_dict(ckpt["admm"])
+            if quant is not None:
+                quant.load_state_dict(ckpt["quant"])
+        if quant is not None:
+            quant.attach(optimizer)
+        after_backward = None
+        if admm is not None:
+            after_backward = admm.add_penalty_grad_
+        elif quant is not None:
+            after_backward = quant.after_backward
         try:
             while s.epoch < pcfg.epochs:
                 if restart and s.epoch % period == 0 and s.epoch > 0:
                     scheduler = build_scheduler(optimizer, pcfg.scheduler, horizon)
+                if quant is not None:
+                    quant.start_epoch(s.epoch, pcfg.epochs)
                 lr = optimizer.param_groups[0]["lr"]
                 label = f"{name} {s.epoch + 1}/{pcfg.epochs}"
                 stats = train_epoch(
@@ -303,7 +335,7 @@ class Pipeline:
                     optimizer,
                     batch_size=self.cfg.data.batch_size,
                     generator=self.generator,
-                    after_backward=admm.add_penalty_grad_ if admm is not None else None,
+                    after_backward=after_backward,
                     progress=self.cfg.runtime.progress,
                     desc=label,
                 )
@@ -351,12 +383,34 @@ class Pipeline:
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "admm": admm.state_dict() if admm is not None else None,
+                        "quant": quant.state_dict() if quant is not None else None,
                     }
                 )
         finally:
             if enforcer is not None:
                 enforcer.detach()
+            if quant is not None:
+                quant.detach()
+        if quant is not None:
+            quant.finish()
         self._finish_phase(name, admm)
+
+    def _quant_retrainer(
+        self, name: str, ckpt: dict[str, Any] | None
+    ) -> STEQuantizer | SnapFreeze | None:
+        """How retraining keeps quantized layers on their grid (None when nothing is quantized)."""
+        quantized = {n: c for n, c in self.constraints.items() if quantizer_of(c) is not None}
+        if not quantized:
+            return None
+        rcfg = self.cfg.retrain
+        if rcfg.quant_method == "ste":
+            return STEQuantizer(self.model, quantized, self.masks, init=self.quant_init)
+        if ckpt is None:  # a fresh phase: snapping starts from the full-precision weights
+            modules = dict(self.model.named_modules())
+            with torch.no_grad():
+                for n, w in self.quant_init.items():
+                    modules[n].weight.copy_(w)
+        return SnapFreeze(self.model, quantized, self.masks, tuple(rcfg.freeze_fractions))
 
     def _finish_phase(self, name: str, admm: ADMM | None) -> None:
         s = self.state
@@ -372,7 +426,15 @@ class Pipeline:
             t0 = time.perf_counter()
             if admm is None:  # a resumed run that stopped exactly at the end of the phase
                 raise RuntimeError("internal: ADMM state missing at hardening")
+            modules = dict(self.model.named_modules())
+            self.quant_init = {
+                n: modules[n].weight.detach().clone()
+                for n, c in self.constraints.items()
+                if quantizer_of(c) is not None
+            }
             self.masks = admm.harden()
+            for n, w in self.quant_init.items():  # pruned weights stay pruned for retraining
+                w.masked_fill_(~self.masks[n], 0.0)
             h_loss, h_acc = self._evaluate()
             s.phases["harden"] = {
                 "test_accuracy": h_acc,
@@ -437,6 +499,7 @@ class Pipeline:
             cfg=self.cfg,
             model=self.model,
             constraints=self.constraints,
+            masks=self.masks,
             final={"test_accuracy": test_acc, "test_loss": test_loss},
             phases=self.state.phases,
             history=self.state.history,

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .checkpoint import atomic_write_text
-from .constraints import Constraint
+from .constraints import Constraint, count_levels, prunes, quantizer_of
 from .selection import compressible_layers
+from .storage import layer_storage
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -39,13 +40,33 @@ def library_versions() -> dict[str, str | None]:
     }
 
 
-def layer_table(model: nn.Module, constraints: Mapping[str, Constraint]) -> list[dict[str, Any]]:
+def _scales_summary(scale: Tensor | None) -> list[float] | dict[str, float] | None:
+    if scale is None:
+        return None
+    values = scale.detach().flatten().double().tolist()
+    if len(values) <= 8:
+        return values
+    return {"count": len(values), "min": min(values), "max": max(values)}
+
+
+def layer_table(
+    model: nn.Module,
+    constraints: Mapping[str, Constraint],
+    masks: Mapping[str, Tensor] | None = None,
+) -> list[dict[str, Any]]:
     """One row per conv/linear layer, counted from the weights themselves."""
     rows = []
+    masks = masks or {}
     for name, module in compressible_layers(model).items():
         w = module.weight.detach()
         nonzero = int(torch.count_nonzero(w))
         c = constraints.get(name)
+        quant = quantizer_of(c) if c is not None else None
+        scale = None
+        if quant is not None:
+            _, scale = quant.fit(w, mask=masks.get(name))
+        bits = quant.bits if quant is not None else 32
+        storage = layer_storage(w, bits, scale.numel() if scale is not None else 0)
         rows.append(
             {
                 "name": name,
@@ -54,12 +75,26 @@ def layer_table(model: nn.Module, constraints: Mapping[str, Constraint]) -> list
                 "params": w.numel(),
                 "nonzero": nonzero,
                 "density": nonzero / w.numel(),
-                "bits": 32,
+                "bits": bits,
+                "distinct_values": int(torch.unique(w).numel()),
+                "distinct_values_per_channel": count_levels(w, per_channel=True)
+                if getattr(quant, "per_channel", False)
+                else None,
+                "scales": _scales_summary(scale),
                 "constraint": c.describe() if c is not None else None,
-                "pruned": c is not None,
+                "pruned": prunes(c),
+                "quantized": quant is not None,
+                "storage": storage.as_dict(),
             }
         )
     return rows
+
+
+def storage_summary(layers: list[dict[str, Any]]) -> dict[str, float]:
+    """Bytes of the weights as stored (see ``storage``) against dense fp32 weights."""
+    dense = sum(r["params"] for r in layers) * 4
+    stored = sum(r["storage"]["bytes"] for r in layers)
+    return {"dense_bytes": dense, "storage_bytes": stored, "storage_rate": dense / stored}
 
 
 def pruning_rates(layers: list[dict[str, Any]]) -> dict[str, float]:
@@ -68,6 +103,8 @@ def pruning_rates(layers: list[dict[str, Any]]) -> dict[str, float]:
     def rate(rows: list[dict[str, Any]]) -> float:
         params = sum(r["params"] for r in rows)
         nonzero = sum(r["nonzero"] for r in rows)
+        if not rows:
+            return 1.0  # nothing pruned
         return params / nonzero if nonzero else float("inf")
 
     return {
@@ -81,6 +118,7 @@ def build_report(
     cfg: Any,
     model: nn.Module,
     constraints: Mapping[str, Constraint],
+    masks: Mapping[str, Tensor],
     final: dict[str, float],
     phases: dict[str, dict[str, float]],
     history: list[dict[str, Any]],
@@ -88,7 +126,7 @@ def build_report(
     model_file: Path,
     wall_seconds: float,
 ) -> dict[str, Any]:
-    layers = layer_table(model, constraints)
+    layers = layer_table(model, constraints, masks)
     residuals = [
         {"iteration": i + 1, "epoch": rec["epoch"], "layers": rec["residuals"]}
         for i, rec in enumerate(r for r in history if "residuals" in r)
@@ -97,6 +135,7 @@ def build_report(
         "name": cfg.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **pruning_rates(layers),
+        **storage_summary(layers),
         "final": final,
         "phases": phases,
         "layers": layers,
@@ -119,6 +158,20 @@ def _fmt_rate(x: float) -> str:
     return f"{x:,.1f}x"
 
 
+def _fmt_distinct(row: dict[str, Any]) -> str:
+    per_channel = row.get("distinct_values_per_channel")
+    text = f"{row['distinct_values']:,}"
+    return text if per_channel is None else f"{text} ({per_channel} per channel)"
+
+
+def _fmt_scales(scales: list[float] | dict[str, float] | None) -> str:
+    if scales is None:
+        return "-"
+    if isinstance(scales, dict):
+        return f"{scales['count']} per channel, {scales['min']:.3g}..{scales['max']:.3g}"
+    return ", ".join(f"{s:.3g}" for s in scales)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Compression report: {report['name']}",
@@ -131,6 +184,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| pruning rate (pruned layers) | {_fmt_rate(report['pruning_rate'])} |",
         f"| pruning rate (all conv/fc weights) | {_fmt_rate(report['overall_rate'])} |",
         f"| non-zero weights | {report['nonzero_total']:,} of {report['weights_total']:,} |",
+        f"| weight storage | {report['storage_bytes']:,} bytes (dense fp32: "
+        f"{report['dense_bytes']:,}) |",
+        f"| storage compression | {_fmt_rate(report['storage_rate'])} |",
         f"| final test accuracy | {report['final']['test_accuracy'] * 100:.2f}% |",
         f"| wall time | {report['wall_seconds'] / 60:.1f} min |",
         "",
@@ -150,16 +206,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Layers",
         "",
-        "| layer | type | shape | weights | non-zero | density | rate | bits | constraint |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| layer | type | shape | weights | non-zero | density | rate | bits | distinct values "
+        "| scales | stored bytes (encoding) | constraint |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
     for r in report["layers"]:
         rate = r["params"] / r["nonzero"] if r["nonzero"] else float("inf")
+        st = r["storage"]
         lines.append(
             f"| {r['name']} | {r['type']} | {'x'.join(map(str, r['shape']))} | {r['params']:,} | "
             f"{r['nonzero']:,} | {r['density'] * 100:.2f}% | {_fmt_rate(rate)} | {r['bits']} | "
-            f"{r['constraint'] or '-'} |"
+            f"{_fmt_distinct(r)} | {_fmt_scales(r['scales'])} | "
+            f"{st['bytes']:,} ({st['encoding']}) | {r['constraint'] or '-'} |"
         )
+    lines += [
+        "",
+        "Storage counts weights only: the sparsity pattern in the cheapest of a dense layout, a "
+        "bitmask or a relative index (Deep Compression), values at their bit width (32 when not "
+        "quantized), and 32 bits per scale.",
+    ]
     if report["admm_residuals"]:
         last = report["admm_residuals"][-1]
         lines += [

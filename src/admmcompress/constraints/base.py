@@ -18,6 +18,9 @@ class Constraint(ABC):
     """
 
     kind: ClassVar[str]
+    #: "prune" for sets that zero weights, "quantize" for sets of few values; configs use it
+    #: to tell which kinds a rule's ``prune:`` and ``quantize:`` may name.
+    family: ClassVar[str] = "prune"
 
     @abstractmethod
     def project(self, w: Tensor) -> Tensor:
@@ -56,8 +59,8 @@ def register_constraint(kind: str) -> Callable[[C], C]:
     return wrap
 
 
-def available_constraints() -> list[str]:
-    return sorted(_REGISTRY)
+def available_constraints(family: str | None = None) -> list[str]:
+    return sorted(k for k, c in _REGISTRY.items() if family is None or c.family == family)
 
 
 def make_constraint(kind: str, **params: Any) -> Constraint:
