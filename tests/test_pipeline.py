@@ -137,10 +137,24 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 # -- resume after a hard kill --------------------------------------------------------------------
 
 
-def _resume_config(tmp_path: Path) -> Path:
+QUANT_RULES = {
+    "conv*": {"prune": "irregular", "keep": 0.3, "quantize": "ternary"},
+    "fc1": {
+        "prune": "irregular",
+        "keep": 0.05,
+        "quantize": {"kind": "binary", "per_channel": True},
+    },
+    "fc2": {"quantize": {"kind": "uniform", "bits": 3}},
+}
+
+
+def _resume_config(tmp_path: Path, variant: str = "prune") -> Path:
     cfg = yaml.safe_load((REPO / "configs/tiny_test.yaml").read_text())
     cfg["admm"].update(epochs=4, period=2, optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9})
     cfg["retrain"].update(epochs=3, scheduler={"name": "cosine"})
+    if variant != "prune":
+        cfg["rules"] = QUANT_RULES
+        cfg["retrain"]["quant_method"] = variant
     cfg["data"]["train_subset"] = 1500
     cfg["runtime"] = {"progress": False, "threads": 1}
     path = tmp_path / "resume.yaml"
@@ -181,8 +195,10 @@ def _kill_when(out: Path, marker: str, cmd: list[str], timeout: float = 120) -> 
 
 
 @pytest.mark.slow
-def test_resume_after_kill_gives_identical_weights(tmp_path: Path) -> None:
-    config = _resume_config(tmp_path)
+@pytest.mark.parametrize("variant", ["prune", "ste", "freeze"])
+def test_resume_after_kill_gives_identical_weights(tmp_path: Path, variant: str) -> None:
+    """Kill a run twice (in ADMM, in retraining), resume each time: same final weights."""
+    config = _resume_config(tmp_path, variant)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ref = tmp_path / "reference"
     subprocess.run(_cli("run", str(config), "--out", str(ref)), check=True, env=env)
