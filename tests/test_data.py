@@ -355,7 +355,7 @@ def test_unknown_dataset_lists_names(tmp_path: Path) -> None:
 
 def test_available_and_register(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert available_datasets() == ["cifar10", "fashion_mnist", "mnist"]
-    monkeypatch.setattr(data, "_REGISTRY", dict(data._REGISTRY))
+    monkeypatch.setattr(data._REGISTRY, "_items", dict(data._REGISTRY._items))
 
     @register_dataset("toy")
     def _toy(root: Path, verify: bool, download: bool) -> Dataset:

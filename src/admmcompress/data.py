@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 __all__ = [
     "DEFAULT_DATA_DIR",
     "ENV_VAR",
@@ -183,24 +185,17 @@ def iterate_batches(
 # --------------------------------------------------------------------------- registry
 
 Loader = Callable[[Path, bool, bool], Dataset]
-_REGISTRY: dict[str, Loader] = {}
+_REGISTRY: Registry[Loader] = Registry("dataset", error=DataError)
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Register ``loader(root, verify, download) -> Dataset`` under ``name``."""
-
-    def decorator(loader: Loader) -> Loader:
-        if name in _REGISTRY:
-            raise ValueError(f"Dataset {name!r} is already registered.")
-        _REGISTRY[name] = loader
-        return loader
-
-    return decorator
+    return _REGISTRY.register(name)
 
 
 def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def load_dataset(
@@ -215,12 +210,7 @@ def load_dataset(
     ``verify`` checks md5 sums of the files as found; ``download`` lets torchvision
     fetch missing files into ``root`` (needs network access).
     """
-    key = name.strip().lower().replace("-", "_")
-    loader = _REGISTRY.get(key)
-    if loader is None:
-        raise DataError(
-            f"Unknown dataset {name!r}. Available datasets: {', '.join(available_datasets())}."
-        )
+    loader = _REGISTRY.get(name.strip().lower().replace("-", "_"))
     return loader(Path(os.fspath(root)).expanduser(), verify, download)
 
 

@@ -8,32 +8,23 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+from .registry import Registry
+
+_MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = fn
-        return fn
-
-    return wrap
+    """Decorator: make a model factory available to configs under ``name``."""
+    return _MODELS.register(name)
 
 
 def available_models() -> list[str]:
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a registered model, e.g. ``create_model("lenet5", num_classes=10)``."""
-    try:
-        factory = _MODELS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown model {name!r}; available: {', '.join(available_models())}"
-        ) from None
-    return factory(**kwargs)
+    return _MODELS.get(name)(**kwargs)
 
 
 class LeNet5(nn.Module):

@@ -8,6 +8,8 @@ from typing import Any, ClassVar, TypeVar
 
 from torch import Tensor
 
+from ..registry import Registry
+
 
 class Constraint(ABC):
     """A set S of admissible weight tensors, with the exact Euclidean projection onto it.
@@ -42,7 +44,7 @@ class Constraint(ABC):
         return self.kind
 
 
-_REGISTRY: dict[str, type[Constraint]] = {}
+_REGISTRY: Registry[type[Constraint]] = Registry("constraint kind")
 C = TypeVar("C", bound=type[Constraint])
 
 
@@ -50,25 +52,16 @@ def register_constraint(kind: str) -> Callable[[C], C]:
     """Class decorator: make a constraint available to configs under ``kind``."""
 
     def wrap(cls: C) -> C:
-        if kind in _REGISTRY:
-            raise ValueError(f"constraint kind {kind!r} is already registered")
         cls.kind = kind
-        _REGISTRY[kind] = cls
-        return cls
+        return _REGISTRY.register(kind)(cls)
 
     return wrap
 
 
 def available_constraints(family: str | None = None) -> list[str]:
-    return sorted(k for k, c in _REGISTRY.items() if family is None or c.family == family)
+    return [k for k, c in _REGISTRY.items() if family is None or c.family == family]
 
 
 def make_constraint(kind: str, **params: Any) -> Constraint:
     """Build a registered constraint by name, e.g. ``make_constraint("irregular", keep=0.1)``."""
-    try:
-        cls = _REGISTRY[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown constraint kind {kind!r}; available: {', '.join(available_constraints())}"
-        ) from None
-    return cls(**params)
+    return _REGISTRY.get(kind)(**params)
