@@ -37,15 +37,6 @@ class Net(nn.Module):
 RULES = {"conv": Filter(count=2), "fc": Irregular(keep=0.25)}  # fc keeps 15 of 60
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_net(seed: int = 0, dtype: torch.dtype = torch.float32) -> Net:
     torch.manual_seed(seed)
     return Net().to(dtype)

@@ -43,15 +43,6 @@ STRUCTURED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- helpers ----------------------------------------------------------------------------------
 def bits(t: torch.Tensor) -> torch.Tensor:
     """The raw bit pattern of a float tensor (so -0.0 and 0.0 differ), for bitwise equality."""

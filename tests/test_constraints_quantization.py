@@ -42,15 +42,6 @@ BITS = list(range(2, 9))
 KINDS = ["binary", "ternary", "uniform"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- helpers ----------------------------------------------------------------------------------
 def values_strategy(mode: str) -> st.SearchStrategy[float]:
     ties = st.sampled_from(TIE_VALUES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import torch
 
 from admmcompress import create_model
@@ -17,15 +16,6 @@ MARKER = "<!-- own-loop-example"
 EXPECTED_RULES = {"conv*": 0.2, "fc*": 0.05}
 EXPECTED_NONZERO = {"conv1": 100, "conv2": 5000, "fc1": 20000, "fc2": 250}
 WEIGHTS = {"conv1": 500, "conv2": 25000, "fc1": 400000, "fc2": 5000}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors on a shared 2-core machine: one intra-op thread is many times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def own_loop_block() -> str:
