@@ -46,6 +46,9 @@ def main() -> None:
         f"| config | `{args.config}` |",
         f"| pruning rate (pruned layers) | {report['pruning_rate']:.1f}x |",
         f"| non-zero weights | {report['nonzero_total']:,} of {report['weights_total']:,} |",
+        f"| weight storage | {report['storage_bytes']:,} bytes (dense fp32 "
+        f"{report['dense_bytes']:,}) |",
+        f"| storage compression | {report['storage_rate']:.1f}x |",
         f"| test accuracy after pretraining (dense) | {phases['pretrain']['test_accuracy']:.2%} |",
         f"| test accuracy after ADMM, before hardening | {phases['admm']['test_accuracy']:.2%} |",
         f"| test accuracy right after hardening | {phases['harden']['test_accuracy']:.2%} |",
@@ -58,10 +61,16 @@ def main() -> None:
     ]
     if args.paper:
         rows.append(f"| published result | {args.paper} |")
-    rows.append("\n| layer | weights | non-zero | rate |\n| --- | ---: | ---: | ---: |")
+    rows.append(
+        "\n| layer | weights | non-zero | rate | bits | distinct values | stored bytes |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )
     for r in report["layers"]:
         rate = r["params"] / r["nonzero"]
-        rows.append(f"| {r['name']} | {r['params']:,} | {r['nonzero']:,} | {rate:.1f}x |")
+        rows.append(
+            f"| {r['name']} | {r['params']:,} | {r['nonzero']:,} | {rate:.1f}x | {r['bits']} | "
+            f"{r['distinct_values']:,} | {r['storage']['bytes']:,} ({r['storage']['encoding']}) |"
+        )
     write_results(
         args.name,
         {
@@ -69,6 +78,8 @@ def main() -> None:
             "overrides": args.overrides,
             "wall_seconds": wall,
             "pruning_rate": report["pruning_rate"],
+            "storage_rate": report["storage_rate"],
+            "storage_bytes": report["storage_bytes"],
             "final_test_accuracy": report["final"]["test_accuracy"],
             "phases": phases,
             "layers": [{k: r[k] for k in ("name", "params", "nonzero")} for r in report["layers"]],

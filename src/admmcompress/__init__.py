@@ -1,4 +1,4 @@
-"""admmcompress: compress neural networks with ADMM weight pruning.
+"""admmcompress: compress neural networks with ADMM weight pruning and quantization.
 
 The core (``ADMM``, the constraints, ``MaskEnforcer``) works inside any PyTorch training loop;
 the ``admmcompress`` command runs whole recipes from YAML configs.
@@ -6,11 +6,15 @@ the ``admmcompress`` command runs whole recipes from YAML configs.
 
 from .admm import ADMM, Residual
 from .constraints import (
+    Binary,
     Channel,
     Column,
     Constraint,
     Filter,
     Irregular,
+    PrunedQuantized,
+    Ternary,
+    Uniform,
     available_constraints,
     make_constraint,
     register_constraint,
@@ -23,14 +27,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADMM",
+    "Binary",
     "Channel",
     "Column",
     "Constraint",
     "Filter",
     "Irregular",
     "MaskEnforcer",
+    "PrunedQuantized",
     "Residual",
     "SelectionError",
+    "Ternary",
+    "Uniform",
     "__version__",
     "available_constraints",
     "available_models",
