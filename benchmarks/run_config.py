@@ -48,7 +48,8 @@ def main() -> None:
         f"| non-zero weights | {report['nonzero_total']:,} of {report['weights_total']:,} |",
         f"| weight storage | {report['storage_bytes']:,} bytes (dense fp32 "
         f"{report['dense_bytes']:,}) |",
-        f"| storage compression | {report['storage_rate']:.1f}x |",
+        f"| storage compression | {report['storage_rate']:.1f}x "
+        f"({report['storage_rate_without_index']:.1f}x without the index) |",
         f"| test accuracy after pretraining (dense) | {phases['pretrain']['test_accuracy']:.2%} |",
         f"| test accuracy after ADMM, before hardening | {phases['admm']['test_accuracy']:.2%} |",
         f"| test accuracy right after hardening | {phases['harden']['test_accuracy']:.2%} |",

@@ -59,6 +59,8 @@ def test_binary_run_has_two_values_per_layer(tmp_path: Path, method: str) -> Non
         dense_bits / 8 / sum((r["storage"]["total_bits"] + 7) // 8 for r in report["layers"])
     )
     assert stored_bits == 430500 + 4 * 32  # one bit a weight, one fp32 scale a layer
+    # dense layers need no index, so leaving the index out changes nothing here
+    assert report["storage_rate_without_index"] == pytest.approx(dense_bits / stored_bits)
 
 
 def test_pruned_ternary_zeros_match_mask(tmp_path: Path) -> None:
