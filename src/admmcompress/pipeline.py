@@ -267,7 +267,7 @@ class Pipeline:
         self._wall_base = float(ckpt["seconds"].get("wall", 0.0))
         self.model.load_state_dict(ckpt["model"])
         self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()}
-        self.quant_init = {k: v.to(self.device) for k, v in ckpt["quant_init"].items()}
+        self.quant_init = {k: v.to(self.device) for k, v in ckpt.get("quant_init", {}).items()}
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.generator.set_state(ckpt["rng"]["data"])
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
