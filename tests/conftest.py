@@ -31,3 +31,4 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+    torch.set_flush_denormal(False)  # a run sets it; hypothesis needs subnormals

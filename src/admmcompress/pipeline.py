@@ -282,6 +282,9 @@ class Pipeline:
         s = self.state
         admm: ADMM | None = None
         enforcer: MaskEnforcer | None = None
+        # Gradients left by the previous phase must not reach this one: a resumed run
+        # starts without them, and bit-identical resumes need both paths to agree.
+        self.model.zero_grad(set_to_none=True)
         quant = self._quant_retrainer(name, ckpt) if name == "retrain" else None
         params = quant.optimizer_params(self.model) if quant else list(self.model.parameters())
         optimizer = build_optimizer(params, pcfg.optimizer)
@@ -461,6 +464,9 @@ class Pipeline:
         try:
             return self._run()
         finally:
+            # flush-denormal is process-wide processor state; leave the process as found
+            # (torch starts with it off and offers no getter).
+            torch.set_flush_denormal(False)
             if self._log_handler is not None:
                 log.removeHandler(self._log_handler)
                 self._log_handler.close()

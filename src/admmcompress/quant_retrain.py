@@ -70,6 +70,9 @@ class STEQuantizer:
             if mask is not None:
                 shadow.masked_fill_(~mask, 0.0)
             self.shadow[name] = nn.Parameter(shadow)
+            # The optimizer never sees this weight, so nothing else would clear a gradient
+            # left from earlier training; it would leak into the first step.
+            module.weight.grad = None
         self._handles: list[Any] = []
         self.refit()
 
