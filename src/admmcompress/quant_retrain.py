@@ -14,7 +14,7 @@ Two well-known ways, both here so they can be compared on the same budget:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -44,6 +44,17 @@ def quantize_at_scale(w: Tensor, scale: Tensor, quant: Any, mask: Tensor | None 
     return q
 
 
+def quantized_layers(
+    model: nn.Module, constraints: Mapping[str, Constraint], masks: Mapping[str, Tensor]
+) -> Iterator[tuple[str, nn.Module, Any, Tensor | None]]:
+    """(name, module, quantizer, mask or None) for every layer whose set quantizes."""
+    modules = dict(model.named_modules())
+    for name, c in constraints.items():
+        quant = quantizer_of(c)
+        if quant is not None:
+            yield name, modules[name], quant, masks.get(name)
+
+
 class STEQuantizer:
     """Train shadow weights through their quantized values (straight-through estimator)."""
 
@@ -54,16 +65,10 @@ class STEQuantizer:
         masks: Mapping[str, Tensor],
         init: Mapping[str, Tensor] | None = None,
     ) -> None:
-        modules = dict(model.named_modules())
         self.layers: dict[str, tuple[nn.Module, Any, Tensor | None]] = {}
         self.shadow: dict[str, nn.Parameter] = {}
         self.scales: dict[str, Tensor] = {}
-        for name, c in constraints.items():
-            quant = quantizer_of(c)
-            if quant is None:
-                continue
-            module = modules[name]
-            mask = masks.get(name)
+        for name, module, quant, mask in quantized_layers(model, constraints, masks):
             self.layers[name] = (module, quant, mask)
             start = (init or {}).get(name, module.weight.detach())
             shadow = start.detach().clone()
@@ -138,7 +143,6 @@ class SnapFreeze:
         masks: Mapping[str, Tensor],
         fractions: tuple[float, ...] = (0.5, 0.75, 0.875, 0.9375),
     ) -> None:
-        modules = dict(model.named_modules())
         self.fractions = fractions
         self._optimizer: torch.optim.Optimizer | None = None
         self.layers: dict[str, tuple[nn.Parameter, Any, Tensor]] = {}
@@ -146,12 +150,8 @@ class SnapFreeze:
         self.frozen: dict[str, Tensor] = {}
         self.values: dict[str, Tensor] = {}
         self.fraction = 0.0
-        for name, c in constraints.items():
-            quant = quantizer_of(c)
-            if quant is None:
-                continue
-            w = modules[name].weight
-            mask = masks.get(name)
+        for name, module, quant, mask in quantized_layers(model, constraints, masks):
+            w = module.weight
             if mask is None:
                 mask = torch.ones_like(w, dtype=torch.bool)
             self.layers[name] = (w, quant, mask)
