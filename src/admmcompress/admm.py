@@ -33,6 +33,12 @@ class Residual:
     relative_primal: float  # ||W - Z|| / ||W||: how far W still is from its set
 
 
+def _residual(w: Tensor, z: Tensor, dual: float, rho: float) -> Residual:
+    primal = float(torch.linalg.vector_norm(w - z))
+    w_norm = float(torch.linalg.vector_norm(w))
+    return Residual(primal, dual, rho, primal / w_norm if w_norm else 0.0)
+
+
 class _Layer:
     """Per-layer ADMM variables. Z, U and the penalty target Z - U never carry autograd history."""
 
@@ -135,9 +141,7 @@ class ADMM:
             layer.z = layer.constraint.project(w + layer.u)
             layer.u.add_(w).sub_(layer.z)
             dual = layer.rho * float(torch.linalg.vector_norm(layer.z - z_old))
-            primal = float(torch.linalg.vector_norm(w - layer.z))
-            w_norm = float(torch.linalg.vector_norm(w))
-            out[name] = Residual(primal, dual, layer.rho, primal / w_norm if w_norm else 0.0)
+            out[name] = _residual(w, layer.z, dual, layer.rho)
             layer.last_dual = dual
             new_rho = layer.rho * self.rho_growth
             if self.rho_max is not None:
@@ -156,10 +160,7 @@ class ADMM:
         out = {}
         for name, layer in self.layers.items():
             w = layer.weight.detach()
-            primal = float(torch.linalg.vector_norm(w - layer.z))
-            w_norm = float(torch.linalg.vector_norm(w))
-            rel = primal / w_norm if w_norm else 0.0
-            out[name] = Residual(primal, layer.last_dual, layer.rho, rel)
+            out[name] = _residual(w, layer.z, layer.last_dual, layer.rho)
         return out
 
     # -- hardening ----------------------------------------------------------------------------

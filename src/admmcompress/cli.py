@@ -136,32 +136,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .data import load_dataset, resolve_data_root
     from .export import load_model
     from .report import layer_table, pruning_rates
     from .training import evaluate
+    from .verify import revived_weights
 
     _setup_logging()
     path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     saved = load_model(path)
-    problems = []
     modules = dict(saved.model.named_modules())
-    for name, mask in saved.masks.items():
-        w = modules[name].weight.detach()
-        revived = int(torch.count_nonzero(w[~mask]))
-        if revived:
-            problems.append(f"{name}: {revived} weights outside the mask are non-zero")
+    problems = [
+        f"{name}: {why}"
+        for name, mask in saved.masks.items()
+        if (why := revived_weights(modules[name].weight.detach(), mask)) is not None
+    ]
     if problems:
         raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
     dataset = args.dataset or saved.metadata.get("dataset", "").strip('"') or "mnist"
     data = load_dataset(dataset, resolve_data_root(args.data_dir))
     loss, acc = evaluate(saved.model, data.test, args.batch_size)
-    pruned = {name: None for name in saved.masks}
     rows = layer_table(saved.model, {})
     for r in rows:
-        r["pruned"] = r["name"] in pruned
+        r["pruned"] = r["name"] in saved.masks
     rates = pruning_rates(rows)
     print(f"model       {saved.model_name} ({path})")
     print(f"masks       verified for {len(saved.masks)} pruned layers")

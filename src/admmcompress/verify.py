@@ -14,6 +14,12 @@ class ConstraintViolationError(RuntimeError):
     """A layer is outside its constraint set: the result must not be saved as compressed."""
 
 
+def revived_weights(w: Tensor, mask: Tensor) -> str | None:
+    """Why ``w`` breaks its pruning ``mask`` (a non-zero where the mask is False), or None."""
+    revived = int(torch.count_nonzero(w[~mask.to(device=w.device, dtype=torch.bool)]))
+    return f"{revived} weights outside the mask are non-zero" if revived else None
+
+
 def model_violations(
     model: nn.Module, constraints: Mapping[str, Constraint], masks: Mapping[str, Tensor]
 ) -> list[str]:
@@ -33,10 +39,8 @@ def model_violations(
             problems.append(f"{name}: no mask was recorded for this pruned layer")
         elif mask.shape != w.shape:
             problems.append(f"{name}: mask shape {tuple(mask.shape)} != weight {tuple(w.shape)}")
-        else:
-            revived = int(torch.count_nonzero(w[~mask.to(w.device)]))
-            if revived:
-                problems.append(f"{name}: {revived} weights outside the mask are non-zero")
+        elif (why := revived_weights(w, mask)) is not None:
+            problems.append(f"{name}: {why}")
     return problems
 
 
