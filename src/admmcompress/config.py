@@ -88,7 +88,9 @@ class RetrainConfig(PhaseConfig):
 class AdmmConfig(PhaseConfig):
     """The ADMM phase: W-steps of ``period`` epochs, each followed by the Z- and U-step."""
 
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(
+        40, ge=0, description="0 skips ADMM: the step prunes by magnitude (projection) at once"
+    )
     period: int = Field(4, ge=1, description="epochs per ADMM iteration")
     rho: float = Field(1e-3, gt=0, description="initial penalty")
     rho_growth: float = Field(1.3, ge=1, description="rho is multiplied by this every period")
@@ -102,7 +104,7 @@ class AdmmConfig(PhaseConfig):
     def _period_fits(self) -> AdmmConfig:
         if self.rho_max is not None and self.rho_max < self.rho:
             raise ValueError(f"rho_max ({self.rho_max}) must be >= rho ({self.rho})")
-        if self.period > self.epochs:
+        if self.epochs and self.period > self.epochs:
             raise ValueError(
                 f"period ({self.period}) is longer than epochs ({self.epochs}): "
                 "no ADMM update would ever run"
@@ -194,6 +196,86 @@ class RuleConfig(_Strict):
         return {"keep": self.keep} if self.keep is not None else {"count": self.count}
 
 
+ALLOCATIONS = ("sensitivity", "global_magnitude", "uniform")
+
+
+class TargetConfig(_Strict):
+    """An overall pruning rate that the tool splits over layers, so no layer is hand-tuned."""
+
+    rate: float = Field(
+        description="pruning rate to reach over all pruned layers: weights / non-zeros, > 1"
+    )
+    layers: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="selectors of the layers the target splits over (default: every conv/fc)",
+    )
+    allocation: Literal["sensitivity", "global_magnitude", "uniform"] = Field(
+        "sensitivity",
+        description="sensitivity: equal loss increase per layer, from a per-layer magnitude "
+        "pruning scan; global_magnitude: the largest weights over all layers; uniform: the "
+        "same ratio in every layer",
+    )
+    min_count: int = Field(
+        8, ge=1, description="no layer keeps fewer weights than this (avoids cutting a layer)"
+    )
+    samples: int = Field(
+        5000, ge=100, description="training images used to measure the sensitivity scan"
+    )
+    quantize: QuantizeConfig | None = Field(
+        None, description="also quantize the target's layers (same forms as in a rule)"
+    )
+
+    @field_validator("rate")
+    @classmethod
+    def _above_one(cls, v: float) -> float:
+        if not v > 1.0:
+            raise ValueError(f"rate must be above 1 (300 keeps one weight in 300), got {v}")
+        return v
+
+    @field_validator("layers")
+    @classmethod
+    def _some_layers(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one layer selector, e.g. ['*'] or ['type:Linear']")
+        return v
+
+
+def _check_rules(rules: Any) -> Any:
+    if isinstance(rules, dict):
+        for key, rule in rules.items():
+            if not isinstance(rule, (dict, RuleConfig)):
+                raise ValueError(
+                    f"rules.{key}: a rule must be a mapping such as "
+                    f"'{{prune: irregular, keep: 0.1}}', got {rule!r}"
+                )
+    return rules
+
+
+class StepConfig(_Strict):
+    """One step of a progressive run: ADMM towards this step's sets, harden, retrain.
+
+    A step starts from the previous step's retrained model. Weights pruned earlier stay
+    zero, and a layer keeps its last rule until a later step gives it a new one.
+    """
+
+    name: str | None = Field(None, description="label in reports (default: step1, step2, ...)")
+    admm: AdmmConfig = Field(default_factory=AdmmConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    rules: dict[str, RuleConfig] = Field(default_factory=dict)
+    target: TargetConfig | None = None
+
+    _rules_are_mappings = field_validator("rules", mode="before")(_check_rules)
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> StepConfig:
+        if not self.rules and self.target is None:
+            raise ValueError(
+                "a step needs 'rules' (e.g. 'fc1: {prune: irregular, keep: 0.1}'), a "
+                "'target' (e.g. 'target: {rate: 100}'), or both"
+            )
+        return self
+
+
 class ModelConfig(_Strict):
     name: str
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
@@ -232,7 +314,12 @@ class RuntimeConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    """A whole run: pretrain (optional) -> ADMM -> harden -> masked retrain -> evaluate."""
+    """A whole run: pretrain (optional), then one or more steps of ADMM -> harden -> retrain.
+
+    A one-step run gives ``rules`` (and/or ``target``) at the top level. A progressive run
+    lists ``steps``; the top-level ``admm`` and ``retrain`` are then defaults that each step's
+    own settings override key by key.
+    """
 
     name: str = "run"
     seed: int = 0
@@ -244,7 +331,9 @@ class RunConfig(_Strict):
     pretrain: PhaseConfig = Field(default_factory=PhaseConfig)
     admm: AdmmConfig = Field(default_factory=AdmmConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
-    rules: dict[str, RuleConfig]
+    rules: dict[str, RuleConfig] = Field(default_factory=dict)
+    target: TargetConfig | None = None
+    steps: list[StepConfig] | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("model", mode="before")
@@ -252,26 +341,77 @@ class RunConfig(_Strict):
     def _model_shorthand(cls, v: Any) -> Any:
         return {"name": v} if isinstance(v, str) else v
 
-    @field_validator("rules", mode="before")
-    @classmethod
-    def _rules_are_mappings(cls, v: Any) -> Any:
-        if isinstance(v, dict):
-            for key, rule in v.items():
-                if not isinstance(rule, dict):
-                    raise ValueError(
-                        f"rules.{key}: a rule must be a mapping such as "
-                        f"'{{prune: irregular, keep: 0.1}}', got {rule!r}"
-                    )
-        return v
+    _rules_are_mappings = field_validator("rules", mode="before")(_check_rules)
 
     @field_validator("rules")
     @classmethod
     def _some_rules(cls, v: dict[str, RuleConfig]) -> dict[str, RuleConfig]:
-        if not v:
+        if not v:  # runs only for an explicit 'rules:', not for the default
             raise ValueError(
                 "at least one layer rule is needed, e.g. 'fc1: {prune: irregular, keep: 0.1}'"
             )
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _step_defaults(cls, raw: Any) -> Any:
+        """Fill each step's admm/retrain from the top-level ones (a step's keys win)."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list):
+            return raw
+        raw = dict(raw)
+        steps = []
+        for step in raw["steps"]:
+            if isinstance(step, dict):
+                step = dict(step)
+                for phase in ("admm", "retrain"):
+                    base, own = raw.get(phase), step.get(phase)
+                    if isinstance(base, dict) and (own is None or isinstance(own, dict)):
+                        step[phase] = _deep_merge(base, own or {})
+            steps.append(step)
+        raw["steps"] = steps
+        return raw
+
+    @model_validator(mode="after")
+    def _rules_or_steps(self) -> RunConfig:
+        if self.steps is not None:
+            if self.rules or self.target is not None:
+                raise ValueError(
+                    "with 'steps', give the rules and targets inside each step, not at the "
+                    "top level"
+                )
+            if not self.steps:
+                raise ValueError("'steps' is empty; list at least one step or drop the key")
+        elif not self.rules and self.target is None:
+            raise ValueError(
+                "at least one layer rule is needed, e.g. 'rules: {fc1: {prune: irregular, "
+                "keep: 0.1}}', or a target such as 'target: {rate: 100}'"
+            )
+        return self
+
+    def step_list(self) -> list[StepConfig]:
+        """The run's steps, a one-step run included, each with its name filled in."""
+        if self.steps is None:
+            steps = [
+                StepConfig(
+                    admm=self.admm, retrain=self.retrain, rules=self.rules, target=self.target
+                )
+            ]
+        else:
+            steps = [s.model_copy() for s in self.steps]
+        for i, step in enumerate(steps):
+            if step.name is None:
+                step.name = f"step{i + 1}"
+        return steps
+
+
+def _deep_merge(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in own.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 # -- loading -----------------------------------------------------------------------------------
@@ -329,9 +469,26 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(value_text) if value_text.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from None
-    node: dict[str, Any] = raw
+    node: Any = raw
     i = 0
     while True:
+        if isinstance(node, list):  # steps.0.admm.rho: a list is indexed from 0
+            try:
+                index = int(parts[i])
+                node[index]
+            except (ValueError, IndexError):
+                where = ".".join(parts[:i])
+                raise ConfigError(
+                    f"--set {item!r}: {where} is a list of {len(node)}; "
+                    f"index it with 0..{len(node) - 1}, e.g. {where}.0"
+                ) from None
+            if i + 1 == len(parts):
+                node[index] = value
+                return
+            if not isinstance(node[index], dict):
+                raise ConfigError(f"--set {item!r}: {where}.{index} is not a section")
+            node, i = node[index], i + 1
+            continue
         for j in range(len(parts), i, -1):
             candidate = ".".join(parts[i:j])
             if candidate in node:
@@ -344,7 +501,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         child = node.get(candidate)
         if child is None:
             child = node[candidate] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise ConfigError(f"--set {item!r}: {'.'.join(parts[:j])} is a value, not a section")
         node, i = child, j
 

@@ -1,4 +1,4 @@
-"""The end-to-end run: pretrain -> ADMM -> harden -> masked retrain -> verify -> save and report.
+"""The end-to-end run: pretrain, then per step ADMM -> harden -> masked retrain; verify, report.
 
 Every epoch ends with an atomic checkpoint holding everything the next epoch depends on
 (weights, optimizer, schedule, ADMM state, masks, RNG states, history), so ``resume``
@@ -21,14 +21,21 @@ from torch import Tensor, nn
 from . import __version__
 from .admm import ADMM
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError, PhaseConfig, RuleConfig, RunConfig, config_to_yaml
-from .constraints import Constraint, PrunedQuantized, make_constraint, quantizer_of
-from .data import Dataset, load_dataset, resolve_data_root
+from .config import ConfigError, PhaseConfig, RuleConfig, RunConfig, StepConfig, config_to_yaml
+from .constraints import Constraint, quantizer_of
+from .data import Dataset, Split, load_dataset, resolve_data_root
 from .export import load_model, save_model
 from .masking import MaskEnforcer
 from .models import create_model
+from .progressive import (
+    StepPlan,
+    check_step_selectors,
+    plan_step,
+    rule_constraint,
+    step_constraints,
+)
 from .quant_retrain import SnapFreeze, STEQuantizer
-from .report import build_report, write_report
+from .report import build_report, layer_table, pruning_rates, storage_summary, write_report
 from .selection import select_layers
 from .training import build_optimizer, build_scheduler, evaluate, train_epoch
 from .verify import verify_model
@@ -40,6 +47,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG_COPY = "config.yaml"
 MODEL_FILE = "model.safetensors"
 LOG_FILE = "run.log"
+STEPS_DIR = "steps"  # each finished step's model, <name>.safetensors
 
 
 class RunFolderError(RuntimeError):
@@ -52,9 +60,11 @@ class RunState:
 
     phase: str = "pretrain"
     epoch: int = 0  # epochs completed in ``phase``
+    step: int = 0  # index of the step that ``phase`` belongs to (admm, retrain)
     history: list[dict[str, Any]] = field(default_factory=list)
-    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # of the current step
     seconds: dict[str, float] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # summaries of finished steps
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -87,22 +97,18 @@ def setup_runtime(cfg: RunConfig) -> torch.device:
     return device
 
 
-def rule_constraint(rule: RuleConfig) -> Constraint:
-    """The constraint set a config rule describes: pruned, quantized, or both."""
-    prune = make_constraint(rule.prune, **rule.constraint_params()) if rule.prune else None
-    quant = None
-    if rule.quantize is not None:
-        quant = make_constraint(rule.quantize.kind, **rule.quantize.constraint_params())
-    if prune is not None and quant is not None:
-        return PrunedQuantized(prune, quant)
-    constraint = prune or quant
-    assert constraint is not None  # the schema requires prune or quantize
-    return constraint
-
-
 def layer_constraints(model: nn.Module, cfg: RunConfig) -> dict[str, Constraint]:
-    """Turn the config's rules into one constraint per selected layer (raises on bad rules)."""
-    return select_layers(model, {sel: rule_constraint(rule) for sel, rule in cfg.rules.items()})
+    """The first step's explicit rules as one constraint per layer (raises on bad rules)."""
+    rules = cfg.step_list()[0].rules
+    return select_layers(model, {sel: rule_constraint(rule) for sel, rule in rules.items()})
+
+
+def _rules_to_json(rules: dict[str, RuleConfig]) -> dict[str, Any]:
+    return {n: r.model_dump(mode="json", exclude_none=True) for n, r in rules.items()}
+
+
+def _rules_from_json(raw: dict[str, Any]) -> dict[str, RuleConfig]:
+    return {n: RuleConfig.model_validate(r) for n, r in raw.items()}
 
 
 class Pipeline:
@@ -126,8 +132,15 @@ class Pipeline:
         self.state = RunState()
         self.model: nn.Module
         self.data: Dataset
+        self.steps: list[StepConfig] = cfg.step_list()
         self.constraints: dict[str, Constraint] = {}
         self.masks: dict[str, Tensor] = {}
+        # The current step's per-layer rules (targets resolved to counts) and the masks it
+        # started from; both go into every checkpoint so a resume rebuilds the same sets.
+        self.rules: dict[str, RuleConfig] = {}
+        self.support: dict[str, Tensor] = {}
+        self.plan_info: dict[str, Any] = {}
+        self.planned_step: int | None = None
         # Full-precision weights of quantized layers just before hardening: where the
         # retraining of those layers starts (STE shadows, or snap-and-freeze).
         self.quant_init: dict[str, Tensor] = {}
@@ -186,7 +199,8 @@ class Pipeline:
         self.generator.manual_seed(self.cfg.seed + 1)
         self.model = create_model(self.cfg.model.name, **self.cfg.model.args)
         # Bad rules fail here, before any data is read.
-        self.constraints = layer_constraints(self.model, self.cfg)
+        for step in self.steps:
+            check_step_selectors(self.model, step)
         if ckpt is None and self.cfg.init:
             self._load_init(Path(self.cfg.init))
         self.model.to(self.device)
@@ -245,6 +259,12 @@ class Pipeline:
                 "seconds": s.seconds,
                 "config": json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True),
                 "model": self.model.state_dict(),
+                "step": s.step,
+                "steps": s.steps,
+                "planned_step": self.planned_step,
+                "rules": _rules_to_json(self.rules),
+                "plan": self.plan_info,
+                "support": self.support,
                 "masks": self.masks,
                 "quant_init": self.quant_init,
                 "rng": {
@@ -263,16 +283,26 @@ class Pipeline:
             history=ckpt["history"],
             phases=ckpt["phases"],
             seconds=ckpt["seconds"],
+            step=ckpt.get("step", 0),
+            steps=ckpt.get("steps", []),
         )
         self._wall_base = float(ckpt["seconds"].get("wall", 0.0))
         self.model.load_state_dict(ckpt["model"])
         self.masks = {k: v.to(self.device) for k, v in ckpt["masks"].items()}
         self.quant_init = {k: v.to(self.device) for k, v in ckpt.get("quant_init", {}).items()}
+        self.planned_step = ckpt.get("planned_step")
+        self.rules = _rules_from_json(ckpt.get("rules", {}))
+        self.plan_info = ckpt.get("plan", {})
+        self.support = {k: v.to(self.device) for k, v in ckpt.get("support", {}).items()}
+        self.constraints = step_constraints(self.model, self.rules, self.support)
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.generator.set_state(ckpt["rng"]["data"])
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
-        log.info("resuming %s at %s epoch %d", self.out, self.state.phase, self.state.epoch + 1)
+        where = self.state.phase
+        if where in ("admm", "retrain"):
+            where = f"{self.steps[self.state.step].name} {where}"
+        log.info("resuming %s at %s epoch %d", self.out, where, self.state.epoch + 1)
 
     # -- phases -------------------------------------------------------------------------------
     def _evaluate(self) -> tuple[float, float]:
@@ -292,8 +322,9 @@ class Pipeline:
         restart = name == "admm" and getattr(pcfg, "restart_schedule", False)
         horizon = period if restart else pcfg.epochs
         scheduler = build_scheduler(optimizer, pcfg.scheduler, horizon)
+        step = self.steps[s.step]
         if name == "admm":
-            acfg = self.cfg.admm
+            acfg = step.admm
             admm = ADMM(
                 self.model,
                 self.constraints,
@@ -332,6 +363,8 @@ class Pipeline:
                     quant.start_epoch(s.epoch, pcfg.epochs)
                 lr = optimizer.param_groups[0]["lr"]
                 label = f"{name} {s.epoch + 1}/{pcfg.epochs}"
+                if name != "pretrain" and len(self.steps) > 1:
+                    label = f"{step.name} {label}"
                 stats = train_epoch(
                     self.model,
                     self.data.train,
@@ -344,6 +377,8 @@ class Pipeline:
                 )
                 scheduler.step()
                 record: dict[str, Any] = {"phase": name, "epoch": s.epoch + 1, "lr": lr}
+                if name != "pretrain":
+                    record["step"] = s.step + 1
                 if admm is not None:
                     with torch.no_grad():
                         record["penalty"] = float(admm.penalty())  # before this epoch's update
@@ -405,7 +440,7 @@ class Pipeline:
         quantized = {n: c for n, c in self.constraints.items() if quantizer_of(c) is not None}
         if not quantized:
             return None
-        rcfg = self.cfg.retrain
+        rcfg = self.steps[self.state.step].retrain
         if rcfg.quant_method == "ste":
             return STEQuantizer(self.model, quantized, self.masks, init=self.quant_init)
         if ckpt is None:  # a fresh phase: snapping starts from the full-precision weights
@@ -422,7 +457,7 @@ class Pipeline:
             "test_accuracy": test_acc,
             "test_loss": test_loss,
             "epochs": float(s.epoch),
-            "seconds": s.seconds.get(name, 0.0),
+            "seconds": s.seconds.pop(name, 0.0),
         }
         extra: dict[str, Any] = {}
         if name == "admm":
@@ -447,9 +482,57 @@ class Pipeline:
             }
             log.info("hardened: test acc %.4f (was %.4f before projection)", h_acc, test_acc)
             extra["admm"] = admm.state_dict()
-        s.phase = PHASES[PHASES.index(name) + 1] if name != "retrain" else "done"
         s.epoch = 0
+        if name == "pretrain":
+            s.phase = "admm"
+        elif name == "admm":
+            s.phase = "retrain"
+        else:
+            self._finish_step()
+            s.step += 1
+            s.phase = "admm" if s.step < len(self.steps) else "done"
+            if s.phase == "admm":
+                # The finished step's phases live on in its summary.
+                for key in ("admm", "harden", "retrain"):
+                    s.phases.pop(key, None)
         self._save(extra)
+
+    def _finish_step(self) -> None:
+        """Verify the step's model, keep a copy of it and summarise the step."""
+        s = self.state
+        step = self.steps[s.step]
+        verify_model(self.model, self.constraints, self.masks)
+        test_loss, test_acc = self._evaluate()
+        layers = layer_table(self.model, self.constraints, self.masks)
+        summary: dict[str, Any] = {
+            "index": s.step + 1,
+            "name": step.name,
+            **pruning_rates(layers),
+            **storage_summary(layers),
+            "nonzero_total": sum(r["nonzero"] for r in layers),
+            "test_accuracy": test_acc,
+            "test_loss": test_loss,
+            "phases": {k: s.phases[k] for k in ("admm", "harden", "retrain") if k in s.phases},
+            "layers": {
+                r["name"]: {
+                    "nonzero": r["nonzero"],
+                    "bits": r["bits"],
+                    "constraint": r["constraint"],
+                }
+                for r in layers
+            },
+            "allocation": self.plan_info,
+            "model_file": f"{STEPS_DIR}/{step.name}.safetensors",
+        }
+        s.steps = [x for x in s.steps if x["index"] != summary["index"]] + [summary]
+        self._save_model(self.out / summary["model_file"])
+        log.info(
+            "%s done: pruning rate %.1fx, storage %.1fx, test accuracy %.4f",
+            step.name,
+            summary["pruning_rate"],
+            summary["storage_rate"],
+            test_acc,
+        )
 
     def _last_or_eval(self, name: str) -> tuple[float, float]:
         s = self.state
@@ -477,21 +560,73 @@ class Pipeline:
         ckpt = self._setup()
         if ckpt is not None:
             self._restore(ckpt)
-        start = PHASES.index(self.state.phase) if self.state.phase in PHASES else len(PHASES)
-        for name in PHASES[start:]:
+        s = self.state
+        while s.phase != "done":
+            if s.phase == "admm" and self.planned_step != s.step:
+                self._plan_step()
             # Only a checkpoint written inside a phase carries its optimizer (and ADMM) state;
             # one written at a phase boundary starts the next phase afresh.
-            mid_phase = ckpt is not None and ckpt["phase"] == name and ckpt.get("optimizer")
-            self._run_phase(name, getattr(self.cfg, name), ckpt if mid_phase else None)
+            mid_phase = (
+                ckpt is not None
+                and ckpt["phase"] == s.phase
+                and ckpt.get("step", 0) == s.step
+                and ckpt.get("optimizer")
+            )
+            pcfg = (
+                self.cfg.pretrain if s.phase == "pretrain" else getattr(self.steps[s.step], s.phase)
+            )
+            self._run_phase(s.phase, pcfg, ckpt if mid_phase else None)
             ckpt = None
         return self._finalize()
 
-    def _finalize(self) -> dict[str, Any]:
-        verify_model(self.model, self.constraints, self.masks)
-        test_loss, test_acc = self._evaluate()
-        model_path = self.out / MODEL_FILE
+    def _scan_split(self) -> Split:
+        """Training images the sensitivity scan scores on (never the test set)."""
+        target = self.steps[self.state.step].target
+        n = target.samples if target is not None else 5000
+        train = self.data.train
+        return train.subset(n, self.cfg.seed) if n < len(train) else train
+
+    def _plan_step(self) -> None:
+        """Resolve the step's rules (and target) against the model as the step starts."""
+        s = self.state
+        step = self.steps[s.step]
+        carried = self.rules
+        self.support = {n: m.clone() for n, m in self.masks.items()}
+        split = None
+
+        def score() -> tuple[float, float]:
+            nonlocal split
+            split = split or self._scan_split()
+            return evaluate(self.model, split, self.cfg.data.eval_batch_size)
+
+        plan: StepPlan = plan_step(self.model, step, carried, self.masks, score)
+        self.rules = plan.rules
+        self.constraints = step_constraints(self.model, self.rules, self.support)
+        self.plan_info = plan.allocation
+        if plan.scan:
+            self.plan_info = {
+                **plan.allocation,
+                "scan": {
+                    n: [{"count": p.count, "loss": p.loss, "accuracy": p.accuracy} for p in pts]
+                    for n, pts in plan.scan.items()
+                },
+            }
+        self.planned_step = s.step
+        self.quant_init = {}
+        if plan.allocation:
+            counts = ", ".join(f"{n} {c:,}" for n, c in plan.allocation["counts"].items())
+            log.info(
+                "%s: target %gx split by %s: %s",
+                step.name,
+                plan.allocation["rate"],
+                plan.allocation["method"],
+                counts,
+            )
+
+    def _save_model(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_model(
-            model_path,
+            path,
             self.model,
             self.masks,
             model_name=self.cfg.model.name,
@@ -501,6 +636,12 @@ class Pipeline:
                 "rules": {name: c.describe() for name, c in self.constraints.items()},
             },
         )
+
+    def _finalize(self) -> dict[str, Any]:
+        verify_model(self.model, self.constraints, self.masks)
+        test_loss, test_acc = self._evaluate()
+        model_path = self.out / MODEL_FILE
+        self._save_model(model_path)
         report = build_report(
             cfg=self.cfg,
             model=self.model,
@@ -512,6 +653,7 @@ class Pipeline:
             device=str(self.device),
             model_file=model_path,
             wall_seconds=self._wall_seconds(),
+            steps=self.state.steps,
         )
         write_report(report, self.out)
         log.info(

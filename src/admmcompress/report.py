@@ -133,10 +133,16 @@ def build_report(
     device: str,
     model_file: Path,
     wall_seconds: float,
+    steps: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     layers = layer_table(model, constraints, masks)
     residuals = [
-        {"iteration": i + 1, "epoch": rec["epoch"], "layers": rec["residuals"]}
+        {
+            "iteration": i + 1,
+            "step": rec.get("step", 1),
+            "epoch": rec["epoch"],
+            "layers": rec["residuals"],
+        }
         for i, rec in enumerate(r for r in history if "residuals" in r)
     ]
     return {
@@ -146,6 +152,7 @@ def build_report(
         **storage_summary(layers),
         "final": final,
         "phases": phases,
+        "steps": steps or [],
         "layers": layers,
         "weights_total": sum(r["params"] for r in layers),
         "nonzero_total": sum(r["nonzero"] for r in layers),
@@ -211,6 +218,38 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {int(p['epochs'])} | {p['test_accuracy'] * 100:.2f}% | "
                 f"{p['test_loss']:.4f} | {p['seconds']:.1f} |"
             )
+    steps = report.get("steps") or []
+    if len(steps) > 1:
+        pre = report["phases"].get("pretrain")
+        lines += [
+            "",
+            "## Steps",
+            "",
+            "Each step starts from the one before; its model is kept in the file named.",
+            "",
+            "| step | pruning rate | storage | non-zero | after ADMM | after harden "
+            "| after retrain | epochs | model |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        if pre:
+            lines.append(
+                f"| dense (pretrain) | 1.0x | 1.0x | {report['weights_total']:,} | | | "
+                f"{pre['test_accuracy'] * 100:.2f}% | {int(pre['epochs'])} | |"
+            )
+        for st in steps:
+            ph = st["phases"]
+
+            def acc(key: str, ph: dict[str, Any] = ph) -> str:
+                return f"{ph[key]['test_accuracy'] * 100:.2f}%" if key in ph else "-"
+
+            epochs = int(sum(ph[k]["epochs"] for k in ph))
+            lines.append(
+                f"| {st['name']} | {_fmt_rate(st['pruning_rate'])} | "
+                f"{_fmt_rate(st['storage_rate'])} | {st['nonzero_total']:,} | {acc('admm')} | "
+                f"{acc('harden')} | {acc('retrain')} | {epochs} | `{st['model_file']}` |"
+            )
+        lines.append("")
+        lines.append("![rate against accuracy over the steps](steps.png)")
     lines += [
         "",
         "## Layers",
@@ -238,7 +277,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         last = report["admm_residuals"][-1]
         lines += [
             "",
-            f"## ADMM residuals after the last update (iteration {last['iteration']})",
+            f"## ADMM residuals after the last update (iteration {last['iteration']}, "
+            f"step {last.get('step', 1)})",
             "",
             "| layer | primal ‖W−Z‖ | relative ‖W−Z‖/‖W‖ | dual ρ‖Z−Z_prev‖ | ρ |",
             "| --- | ---: | ---: | ---: | ---: |",

@@ -36,6 +36,7 @@ from .quantization import (
     quantization_error,
     quantizer_of,
 )
+from .support import FixedSupport
 
 __all__ = [
     "Binary",
@@ -43,6 +44,7 @@ __all__ = [
     "Column",
     "Constraint",
     "Filter",
+    "FixedSupport",
     "Irregular",
     "PrunedQuantized",
     "Ternary",

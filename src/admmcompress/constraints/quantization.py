@@ -753,7 +753,10 @@ class PrunedQuantized(Constraint):
 
 def quantizer_of(constraint: Constraint | None) -> Any | None:
     """The quantization set inside a constraint: itself, the ``quant`` of a pruned+quantized
-    set, or None for a pure pruning set."""
+    set, or None for a pure pruning set. Sees through wrappers (``FixedSupport``) by ``inner``."""
+    inner = getattr(constraint, "inner", None)
+    if isinstance(inner, Constraint):
+        return quantizer_of(inner)
     if isinstance(constraint, PrunedQuantized):
         return constraint.quant
     if isinstance(constraint, QUANTIZERS):
@@ -763,6 +766,8 @@ def quantizer_of(constraint: Constraint | None) -> Any | None:
 
 def prunes(constraint: Constraint | None) -> bool:
     """Whether the constraint removes weights (counts towards the pruning rate)."""
+    if isinstance(getattr(constraint, "inner", None), Constraint):
+        return True  # a wrapper that holds an earlier step's mask
     return constraint is not None and (
         isinstance(constraint, PrunedQuantized) or quantizer_of(constraint) is None
     )

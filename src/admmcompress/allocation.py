@@ -1,0 +1,179 @@
+"""Split an overall pruning target (keep K weights in all) into per-layer counts.
+
+Three documented splits, all respecting a floor (``min_count``) and a ceiling per layer (the
+weights a layer still has, so an earlier step's pruning is never undone):
+
+- ``uniform``: the same keep ratio in every layer.
+- ``global_magnitude``: the K largest |w| over all layers together.
+- ``sensitivity``: each layer is magnitude-pruned alone over a grid of keep counts and the
+  loss on held-out training images is measured (``sensitivity_scan``). For a tolerated loss
+  increase d, a layer keeps the fewest weights at which its curve (made monotone) stays
+  within d; d is found by bisection so that the total meets K. Layers that hardly matter
+  are pruned hard, fragile ones are spared (Han et al. 2015 prune by the same kind of scan).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .constraints import topk_mask
+
+
+@dataclass(frozen=True)
+class ScanPoint:
+    count: int  # weights kept in the layer
+    loss: float
+    accuracy: float
+
+
+def keep_grid(size: int, min_count: int, factor: float = 0.8) -> list[int]:
+    """Counts from ``size`` down to ``min_count``, each about ``factor`` times the last."""
+    counts, c = [], float(size)
+    while c >= min_count:
+        n = round(c)
+        if not counts or n < counts[-1]:
+            counts.append(n)
+        c *= factor
+    if counts[-1] != min_count and min_count <= size:
+        counts.append(min_count)
+    return counts
+
+
+@torch.no_grad()
+def sensitivity_scan(
+    model: nn.Module,
+    layers: Sequence[str],
+    evaluate: Callable[[], tuple[float, float]],
+    *,
+    min_count: int = 8,
+    factor: float = 0.8,
+) -> dict[str, list[ScanPoint]]:
+    """Loss and accuracy with one layer at a time magnitude-pruned to each count of a grid.
+
+    ``evaluate()`` returns (loss, accuracy) of the model as it stands. Weights already zero
+    stay zero, so the scan of a later step starts from that step's model. The model's
+    weights are restored afterwards.
+    """
+    modules = dict(model.named_modules())
+    curves: dict[str, list[ScanPoint]] = {}
+    for name in layers:
+        weight = modules[name].weight
+        original = weight.detach().clone()
+        nonzero = int(torch.count_nonzero(original))
+        scores = original.abs().flatten()
+        points = []
+        try:
+            for count in keep_grid(nonzero, min(min_count, nonzero), factor):
+                weight.copy_(original * topk_mask(scores, count).view_as(original))
+                loss, acc = evaluate()
+                points.append(ScanPoint(count, loss, acc))
+        finally:
+            weight.copy_(original)
+        curves[name] = points
+    return curves
+
+
+def _fewest_within(points: Sequence[ScanPoint], limit: float) -> float:
+    """Fewest weights (interpolated in log count) at which the monotone curve is <= limit."""
+    pts = sorted(points, key=lambda p: -p.count)  # dense first
+    envelope, worst = [], -math.inf
+    for p in pts:  # the loss with >= this many weights kept never exceeds `worst`
+        worst = max(worst, p.loss)
+        envelope.append((p.count, worst))
+    best = float(envelope[0][0])
+    for (c_hi, l_hi), (c_lo, l_lo) in itertools.pairwise(envelope):
+        if l_lo <= limit:
+            best = float(c_lo)
+            continue
+        if l_hi <= limit < l_lo:  # crosses between the two grid points
+            t = (limit - l_hi) / (l_lo - l_hi)
+            best = math.exp(math.log(c_hi) + t * (math.log(c_lo) - math.log(c_hi)))
+        break
+    return best
+
+
+def _clamp(
+    counts: Mapping[str, float], floor: Mapping[str, int], ceil: Mapping[str, int]
+) -> dict[str, int]:
+    return {n: int(max(floor[n], min(ceil[n], math.floor(c)))) for n, c in counts.items()}
+
+
+def allocate(
+    budget: int,
+    sizes: Mapping[str, int],
+    method: str,
+    *,
+    min_count: int = 8,
+    available: Mapping[str, int] | None = None,
+    weights: Mapping[str, Tensor] | None = None,
+    scan: Mapping[str, Sequence[ScanPoint]] | None = None,
+) -> dict[str, int]:
+    """Per-layer keep counts summing to at most ``budget`` (unless the floors alone exceed it).
+
+    ``sizes`` are the layers' weight counts, ``available`` their current non-zeros (the
+    ceiling; default the sizes). ``global_magnitude`` needs ``weights``; ``sensitivity``
+    needs ``scan`` (from ``sensitivity_scan``).
+    """
+    ceil = dict(available or sizes)
+    floor = {n: min(min_count, ceil[n]) for n in sizes}
+    if budget < sum(floor.values()):
+        raise ValueError(
+            f"the target keeps {budget} weights, fewer than the floor of {min_count} per "
+            f"layer over {len(sizes)} layers; lower the rate or min_count"
+        )
+    if budget >= sum(ceil.values()):
+        return dict(ceil)
+    if method == "uniform":
+
+        def total(r: float) -> tuple[int, dict[str, int]]:
+            counts = _clamp({n: r * s for n, s in sizes.items()}, floor, ceil)
+            return sum(counts.values()), counts
+
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if total(mid)[0] <= budget else (lo, mid)
+        return total(lo)[1]
+    if method == "global_magnitude":
+        if weights is None:
+            raise ValueError("global_magnitude allocation needs the layers' weights")
+        fixed: dict[str, int] = {}
+        while True:
+            free = [n for n in sizes if n not in fixed]
+            scores = torch.cat([weights[n].detach().abs().flatten().float().cpu() for n in free])
+            k = budget - sum(fixed.values())
+            keep = topk_mask(scores, max(k, 0))
+            counts, start = {}, 0
+            for n in free:
+                size = weights[n].numel()
+                counts[n] = int(keep[start : start + size].sum())
+                start += size
+            low = [n for n in free if counts[n] < floor[n]]
+            if not low:
+                return {**fixed, **{n: min(counts[n], ceil[n]) for n in free}}
+            fixed.update({n: floor[n] for n in low})
+    if method == "sensitivity":
+        if scan is None:
+            raise ValueError("sensitivity allocation needs a sensitivity scan")
+        base = min(min(p.loss for p in pts) for pts in scan.values())
+
+        def counts_at(d: float) -> dict[str, int]:
+            return _clamp({n: _fewest_within(scan[n], base + d) for n in sizes}, floor, ceil)
+
+        hi = max(p.loss for pts in scan.values() for p in pts) - base + 1.0
+        lo = 0.0
+        if sum(counts_at(hi).values()) > budget:  # even the floors' curves do not fit
+            return counts_at(hi)
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if sum(counts_at(mid).values()) <= budget else (mid, hi)
+        return counts_at(hi)
+    raise ValueError(
+        f"unknown allocation {method!r}; allowed: sensitivity, global_magnitude, uniform"
+    )

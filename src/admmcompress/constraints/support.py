@@ -1,0 +1,81 @@
+"""A constraint restricted to the weights an earlier step kept: how masks only shrink.
+
+In a progressive run, step k+1 must not revive a weight that step k pruned. Its set is
+therefore ``S ∩ {W : W = 0 outside M}``, with ``M`` the earlier mask. Every set here keeps
+or drops entries by magnitude, so the exact projection onto the intersection is the
+projection of ``W ⊙ M`` restricted to ``M``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from .base import Constraint
+from .quantization import QUANTIZERS, PrunedQuantized, check_on_grid, project_pruned_quantized
+
+
+@dataclass(frozen=True, eq=False)
+class FixedSupport(Constraint):
+    """``inner``, with every weight outside the bool ``support`` held at zero.
+
+    Not registered under a kind: the pipeline builds it from a layer's earlier mask, since
+    a support belongs to one layer while other constraints describe any layer.
+    """
+
+    kind: ClassVar[str] = "fixed_support"
+    family: ClassVar[str] = "prune"
+
+    inner: Constraint
+    support: Tensor
+
+    def __post_init__(self) -> None:
+        if self.support.dtype != torch.bool:
+            raise ValueError(f"support must be a bool tensor, got {self.support.dtype}")
+
+    def _support(self, w: Tensor) -> Tensor:
+        if self.support.shape != w.shape:
+            raise ValueError(
+                f"support shape {tuple(self.support.shape)} != weight {tuple(w.shape)}"
+            )
+        return self.support.to(w.device)
+
+    @property
+    def quantizes(self) -> bool:
+        return isinstance(self.inner, (*QUANTIZERS, PrunedQuantized))
+
+    def mask(self, w: Tensor) -> Tensor:
+        s = self._support(w)
+        if isinstance(self.inner, QUANTIZERS):  # quantize only: the earlier mask stays
+            return s.clone()
+        return self.inner.mask(w * s) & s
+
+    def project(self, w: Tensor) -> Tensor:
+        m = self.mask(w)
+        if isinstance(self.inner, QUANTIZERS):
+            return project_pruned_quantized(w, m, self.inner)
+        if isinstance(self.inner, PrunedQuantized):
+            return project_pruned_quantized(w, m, self.inner.quant)
+        return w * m
+
+    def budget(self, w: Tensor) -> int:
+        return min(self.inner.budget(w), int(self._support(w).sum()))
+
+    def violation(self, w: Tensor) -> str | None:
+        s = self._support(w)
+        revived = int(torch.count_nonzero(w[~s]))
+        if revived:
+            return f"{revived} weights pruned by an earlier step are non-zero"
+        if isinstance(self.inner, QUANTIZERS):
+            q = self.inner
+            bits = q.bits if q.kind == "uniform" else None  # type: ignore[attr-defined]
+            return check_on_grid(w, q.kind, bits, q.per_channel, mask=s)  # type: ignore[attr-defined]
+        return self.inner.violation(w)
+
+    def describe(self) -> str:
+        if isinstance(self.inner, QUANTIZERS):
+            return f"earlier mask + {self.inner.describe()}"
+        return self.inner.describe()

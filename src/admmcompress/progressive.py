@@ -1,0 +1,152 @@
+"""What each step of a progressive run compresses: rules carried between steps, and targets.
+
+A layer keeps its last rule until a later step changes it, aspect by aspect: a step that
+only says ``quantize: ternary`` for a layer pruned earlier keeps that pruning, and one that
+only sets a new ``keep`` keeps the layer's quantization. A step's ``target`` turns an
+overall rate into per-layer counts (``allocation``). Earlier masks are enforced separately
+(``FixedSupport``), so no weight pruned by an earlier step comes back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from .allocation import ScanPoint, allocate, sensitivity_scan
+from .config import ConfigError, RuleConfig, StepConfig
+from .constraints import Constraint, FixedSupport, PrunedQuantized, make_constraint
+from .selection import compressible_layers, select_layers
+
+
+def rule_constraint(rule: RuleConfig) -> Constraint:
+    """The constraint set a config rule describes: pruned, quantized, or both."""
+    prune = make_constraint(rule.prune, **rule.constraint_params()) if rule.prune else None
+    quant = None
+    if rule.quantize is not None:
+        quant = make_constraint(rule.quantize.kind, **rule.quantize.constraint_params())
+    if prune is not None and quant is not None:
+        return PrunedQuantized(prune, quant)
+    constraint = prune or quant
+    assert constraint is not None  # the schema requires prune or quantize
+    return constraint
+
+
+def merge_rule(old: RuleConfig | None, new: RuleConfig) -> RuleConfig:
+    """``new`` over ``old``, aspect by aspect (pruning, quantization)."""
+    if old is None:
+        return new
+    src = new if new.prune is not None else old
+    return RuleConfig(
+        prune=src.prune,
+        keep=src.keep,
+        count=src.count,
+        quantize=new.quantize if new.quantize is not None else old.quantize,
+    )
+
+
+def step_constraints(
+    model: nn.Module, rules: Mapping[str, RuleConfig], support: Mapping[str, Tensor]
+) -> dict[str, Constraint]:
+    """One constraint per layer; layers pruned by an earlier step keep their mask."""
+    out: dict[str, Constraint] = {}
+    for name in compressible_layers(model):  # model order
+        if name not in rules:
+            continue
+        c = rule_constraint(rules[name])
+        out[name] = FixedSupport(c, support[name].bool()) if name in support else c
+    return out
+
+
+@dataclass
+class StepPlan:
+    """The per-layer rules a step resolved to, and how its target was split."""
+
+    rules: dict[str, RuleConfig]
+    allocation: dict[str, Any] = field(default_factory=dict)
+    scan: dict[str, list[ScanPoint]] = field(default_factory=dict)
+
+
+def check_step_selectors(model: nn.Module, step: StepConfig) -> None:
+    """Fail before training when a step's rules or target name no layer (raises)."""
+    select_layers(model, step.rules)
+    if step.target is not None:
+        select_layers(model, dict.fromkeys(step.target.layers, True))
+
+
+def plan_step(
+    model: nn.Module,
+    step: StepConfig,
+    carried: Mapping[str, RuleConfig],
+    masks: Mapping[str, Tensor],
+    evaluate: Callable[[], tuple[float, float]] | None = None,
+) -> StepPlan:
+    """Resolve a step's rules and target against the model as the step starts.
+
+    ``carried`` are the rules in force after the previous step, ``masks`` its masks, and
+    ``evaluate`` scores the model on held-out training images (needed by the sensitivity
+    allocation only).
+    """
+    explicit = select_layers(model, step.rules)
+    rules = dict(carried)
+    for name, rule in explicit.items():
+        rules[name] = merge_rule(carried.get(name), rule)
+    target = step.target
+    if target is None:
+        return StepPlan(rules)
+    modules = compressible_layers(model)
+    chosen = [
+        n for n in select_layers(model, dict.fromkeys(target.layers, True)) if n not in explicit
+    ]
+    if not chosen:
+        raise ConfigError(
+            f"step {step.name}: every layer the target selects ({', '.join(target.layers)}) "
+            "already has an explicit rule in this step; nothing is left to allocate"
+        )
+    weights = {n: modules[n].weight.detach() for n in modules}
+    nonzero = {n: int(masks[n].sum()) if n in masks else weights[n].numel() for n in modules}
+    pruned = set(chosen) | {n for n, r in rules.items() if r.prune is not None}
+    total = sum(weights[n].numel() for n in pruned)
+    keep_all = math.floor(total / target.rate)
+    others = 0
+    for n in pruned - set(chosen):
+        c = rule_constraint(rules[n])
+        if n in masks:
+            c = FixedSupport(c, masks[n].bool())
+        others += c.budget(weights[n])
+    budget = keep_all - others
+    if budget < len(chosen):
+        raise ConfigError(
+            f"step {step.name}: target rate {target.rate:g} keeps {keep_all} weights over the "
+            f"pruned layers, but the layers with their own rules already keep {others}; "
+            "lower the rate or prune those layers harder"
+        )
+    scan: dict[str, list[ScanPoint]] = {}
+    if target.allocation == "sensitivity":
+        if evaluate is None:
+            raise ValueError("the sensitivity allocation needs an evaluate() callable")
+        scan = sensitivity_scan(model, chosen, evaluate, min_count=target.min_count)
+    counts = allocate(
+        budget,
+        {n: weights[n].numel() for n in chosen},
+        target.allocation,
+        min_count=target.min_count,
+        available={n: nonzero[n] for n in chosen},
+        weights={n: weights[n] for n in chosen},
+        scan=scan,
+    )
+    for n in chosen:
+        old = carried.get(n)
+        quantize = target.quantize if target.quantize is not None else (old and old.quantize)
+        rules[n] = RuleConfig(prune="irregular", count=counts[n], quantize=quantize or None)
+    info = {
+        "rate": target.rate,
+        "method": target.allocation,
+        "budget": budget,
+        "counts": counts,
+        "kept_by_other_layers": others,
+    }
+    return StepPlan(rules, info, scan)
