@@ -1,0 +1,353 @@
+"""Progressive runs: carried rules and masks, target allocation, and a tiny two-step run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from admmcompress.allocation import ScanPoint, allocate, keep_grid, sensitivity_scan
+from admmcompress.checkpoint import load_checkpoint
+from admmcompress.config import ConfigError, RuleConfig, apply_override, validate_config
+from admmcompress.constraints import (
+    FixedSupport,
+    PrunedQuantized,
+    make_constraint,
+    prunes,
+    quantizer_of,
+)
+from admmcompress.export import load_model
+from admmcompress.models import create_model
+from admmcompress.progressive import merge_rule, plan_step
+from test_pipeline import DATA_DIR, _cli, _kill_when, _run
+
+TWO_STEPS = {
+    "name": "two",
+    "seed": 0,
+    "model": "lenet5",
+    "data": {"dataset": "mnist", "batch_size": 64, "train_subset": 1500, "test_subset": 1000},
+    "pretrain": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
+    "admm": {"epochs": 2, "period": 1, "rho": 0.01, "optimizer": {"name": "adam", "lr": 0.001}},
+    "retrain": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
+    "runtime": {"progress": False, "threads": 1},
+    "steps": [
+        {
+            "rules": {
+                "conv1": {"prune": "irregular", "keep": 0.5},
+                "conv2": {"prune": "irregular", "keep": 0.2},
+                "fc*": {"prune": "irregular", "keep": 0.1},
+            }
+        },
+        {
+            "name": "squeeze",
+            "target": {"rate": 40, "layers": ["conv2", "fc1"], "samples": 500},
+            "rules": {"fc2": {"quantize": "ternary"}},
+        },
+    ],
+}
+
+
+# ------------------------------------------------------------------------------ FixedSupport
+
+shapes = st.tuples(st.integers(1, 5), st.integers(1, 6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 10_000), k=st.integers(0, 30))
+def test_fixed_support_irregular_is_exact(shape: tuple[int, int], seed: int, k: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    support = torch.rand(shape, generator=g) > 0.4
+    c = FixedSupport(make_constraint("irregular", count=max(k, 1)), support)
+    p = c.project(w)
+    assert c.violation(p) is None
+    assert torch.count_nonzero(p[~support]) == 0
+    assert int(torch.count_nonzero(p)) <= min(max(k, 1), int(support.sum()))
+    assert torch.equal(c.project(p), p)  # idempotent
+    # optimal: the best feasible point keeps the largest |w| inside the support
+    inside = (w.abs() * support).flatten().sort(descending=True).values
+    best = (w**2).sum() - (inside[: max(k, 1)] ** 2).sum()
+    assert torch.isclose(((w - p) ** 2).sum(), best, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes, seed=st.integers(0, 10_000), kind=st.sampled_from(["binary", "ternary"]))
+def test_fixed_support_quantize_keeps_the_mask(
+    shape: tuple[int, int], seed: int, kind: str
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g)
+    support = torch.rand(shape, generator=g) > 0.5
+    c = FixedSupport(make_constraint(kind), support)
+    p = c.project(w)
+    assert c.violation(p) is None
+    assert torch.count_nonzero(p[~support]) == 0
+    if kind == "binary" and support.any():
+        assert torch.equal(p != 0, support)  # binary: every kept weight is +-a
+    assert quantizer_of(c) is not None and prunes(c)
+
+
+def test_fixed_support_names_revived_weights() -> None:
+    support = torch.tensor([[True, False], [False, True]])
+    c = FixedSupport(make_constraint("irregular", count=2), support)
+    assert "pruned by an earlier step" in c.violation(torch.ones(2, 2))
+
+
+def test_merge_rule_keeps_what_a_step_does_not_change() -> None:
+    pruned = RuleConfig(prune="irregular", keep=0.1)
+    quant = RuleConfig(quantize="ternary")
+    both = merge_rule(pruned, quant)
+    assert both.prune == "irregular" and both.keep == 0.1 and both.quantize.kind == "ternary"
+    again = merge_rule(both, RuleConfig(prune="irregular", count=7))
+    assert again.count == 7 and again.keep is None and again.quantize.kind == "ternary"
+    assert isinstance(
+        FixedSupport(
+            PrunedQuantized(make_constraint("irregular", count=3), make_constraint("binary")),
+            torch.ones(2, 3, dtype=torch.bool),
+        ).inner,
+        PrunedQuantized,
+    )
+
+
+# ------------------------------------------------------------------------------ allocation
+
+
+def test_keep_grid_descends_to_the_floor() -> None:
+    grid = keep_grid(1000, 8)
+    assert grid[0] == 1000 and grid[-1] == 8
+    assert all(b < a for a, b in itertools.pairwise(grid))
+
+
+SIZES = {"a": 1000, "b": 100, "c": 10}
+
+
+@pytest.mark.parametrize("method", ["uniform", "global_magnitude", "sensitivity"])
+def test_allocation_meets_the_budget_within_floors_and_ceilings(method: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    weights = {n: torch.randn(s, generator=g) * (i + 1) for i, (n, s) in enumerate(SIZES.items())}
+    scan = {
+        n: [ScanPoint(c, 1.0 + 50.0 / c * (i + 1), 0.5) for c in keep_grid(s, 2)]
+        for i, (n, s) in enumerate(SIZES.items())
+    }
+    available = {"a": 600, "b": 100, "c": 10}
+    counts = allocate(
+        200, SIZES, method, min_count=5, available=available, weights=weights, scan=scan
+    )
+    assert sum(counts.values()) <= 200
+    assert sum(counts.values()) >= 180  # uses the budget, up to rounding
+    for n, c in counts.items():
+        assert min(5, available[n]) <= c <= available[n]
+
+
+def test_global_magnitude_keeps_the_largest_weights() -> None:
+    weights = {"a": torch.tensor([5.0, 4.0, 0.1, 0.2]), "b": torch.tensor([3.0, 0.3, 0.01])}
+    counts = allocate(3, {"a": 4, "b": 3}, "global_magnitude", min_count=1, weights=weights)
+    assert counts == {"a": 2, "b": 1}
+
+
+def test_uniform_uses_one_ratio() -> None:
+    counts = allocate(111, SIZES, "uniform", min_count=1)
+    assert counts["a"] == pytest.approx(100, abs=1) and counts["b"] == pytest.approx(10, abs=1)
+
+
+def test_sensitivity_spares_the_fragile_layer() -> None:
+    # "robust" loses nothing until 10 weights; "fragile" loses as soon as it is pruned.
+    scan = {
+        "robust": [ScanPoint(c, 1.0 if c >= 10 else 5.0, 0.9) for c in keep_grid(1000, 1)],
+        "fragile": [ScanPoint(c, 1.0 + (1000 - c) / 100, 0.9) for c in keep_grid(1000, 1)],
+    }
+    counts = allocate(
+        1000, {"robust": 1000, "fragile": 1000}, "sensitivity", min_count=1, scan=scan
+    )
+    assert counts["robust"] < 100 < counts["fragile"]
+
+
+def test_allocation_refuses_a_budget_below_the_floors() -> None:
+    with pytest.raises(ValueError, match="floor"):
+        allocate(10, SIZES, "uniform", min_count=8)
+
+
+def test_sensitivity_scan_restores_weights_and_respects_zeros() -> None:
+    model = create_model("lenet300")
+    fc3 = model.fc3.weight
+    with torch.no_grad():
+        fc3[:, ::2] = 0.0
+    before = fc3.detach().clone()
+    seen: list[int] = []
+
+    def score() -> tuple[float, float]:
+        seen.append(int(torch.count_nonzero(model.fc3.weight)))
+        return 1.0, 0.5
+
+    curves = sensitivity_scan(model, ["fc3"], score, min_count=8)
+    assert torch.equal(model.fc3.weight, before)
+    assert seen[0] == int(torch.count_nonzero(before))  # starts from the layer's non-zeros
+    assert [p.count for p in curves["fc3"]] == seen and seen[-1] == 8
+
+
+def test_plan_step_meets_the_target_over_all_pruned_layers() -> None:
+    model = create_model("lenet5")
+    cfg = validate_config(
+        {
+            "model": "lenet5",
+            "steps": [
+                {
+                    "rules": {"fc2": {"prune": "irregular", "count": 100}},
+                    "target": {"rate": 200, "allocation": "global_magnitude"},
+                }
+            ],
+        }
+    )
+    plan = plan_step(model, cfg.step_list()[0], {}, {})
+    total = sum(m.weight.numel() for m in (model.conv1, model.conv2, model.fc1, model.fc2))
+    kept = sum(r.count for r in plan.rules.values())
+    assert plan.rules["fc2"].count == 100
+    assert total / kept >= 200 and total / (kept + 4) < 200
+    bad = validate_config(
+        {
+            "model": "lenet5",
+            "steps": [
+                {
+                    "rules": {"fc2": {"prune": "irregular", "count": 4000}},
+                    "target": {"rate": 200},
+                }
+            ],
+        }
+    )
+    with pytest.raises(ConfigError, match="already keep"):
+        plan_step(model, bad.step_list()[0], {}, {})
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_steps_take_top_level_defaults_key_by_key() -> None:
+    raw = json.loads(json.dumps(TWO_STEPS))
+    raw["steps"][1]["admm"] = {"optimizer": {"lr": 0.0005}}
+    apply_override(raw, "steps.1.admm.rho=0.02")
+    cfg = validate_config(raw)
+    s1, s2 = cfg.step_list()
+    assert s1.name == "step1" and s2.name == "squeeze"
+    assert s1.admm.rho == 0.01 and s2.admm.rho == 0.02
+    assert s2.admm.optimizer.name == "adam" and s2.admm.optimizer.lr == 0.0005
+    assert s2.admm.epochs == 2 and s2.retrain.epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"rules": {"fc1": {"prune": "irregular", "keep": 0.1}}}, "inside each step"),
+        ({"steps": []}, "'steps' is empty"),
+        ({"steps": [{"admm": {"epochs": 3}}]}, "a step needs 'rules'"),
+        ({"steps": [{"target": {"rate": 1}}]}, "rate must be above 1"),
+        ({"steps": [{"target": {"rate": 10, "allocation": "magic"}}]}, "steps.0.target"),
+    ],
+)
+def test_bad_steps_are_named(change: dict, needle: str) -> None:
+    raw = {**json.loads(json.dumps(TWO_STEPS)), **change}
+    with pytest.raises(ConfigError) as info:
+        validate_config(raw)
+    assert needle in str(info.value)
+
+
+def test_set_names_a_bad_step_index() -> None:
+    raw = json.loads(json.dumps(TWO_STEPS))
+    with pytest.raises(ConfigError, match=r"index it with 0\.\.1"):
+        apply_override(raw, "steps.2.admm.rho=0.1")
+
+
+def test_unknown_layer_in_a_later_step_fails_before_training(tmp_path: Path) -> None:
+    raw = json.loads(json.dumps(TWO_STEPS))
+    raw["steps"][1]["rules"] = {"fc9": {"quantize": "binary"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert _run(tmp_path / "c.yaml", tmp_path / "out") == 2
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("two")
+    (tmp / "two.yaml").write_text(yaml.safe_dump(TWO_STEPS))
+    assert _run(tmp / "two.yaml", tmp / "run") == 0
+    return tmp / "run"
+
+
+def test_masks_only_shrink_between_steps(two_step_run: Path) -> None:
+    first = load_model(two_step_run / "steps/step1.safetensors")
+    second = load_model(two_step_run / "steps/squeeze.safetensors")
+    final = load_model(two_step_run / "model.safetensors")
+    w1 = dict(first.model.named_modules())
+    w2 = dict(second.model.named_modules())
+    for name, m2 in second.masks.items():
+        m1 = first.masks[name]
+        assert not (m2 & ~m1).any(), name  # nothing pruned in step 1 comes back
+        n1 = int(torch.count_nonzero(w1[name].weight))
+        n2 = int(torch.count_nonzero(w2[name].weight))
+        assert n2 <= n1, name
+        assert torch.equal(final.masks[name], m2)
+
+
+def test_step_reports(two_step_run: Path) -> None:
+    report = json.loads((two_step_run / "report.json").read_text())
+    s1, s2 = report["steps"]
+    assert (s1["name"], s2["name"]) == ("step1", "squeeze")
+    assert s1["pruning_rate"] < s2["pruning_rate"]
+    assert s2["pruning_rate"] >= 40.0
+    assert report["pruning_rate"] == s2["pruning_rate"]
+    assert s2["allocation"]["method"] == "sensitivity"
+    counts = s2["allocation"]["counts"]
+    assert s2["layers"]["conv2"]["nonzero"] <= counts["conv2"]
+    assert s2["layers"]["fc1"]["nonzero"] <= counts["fc1"]
+    # fc2: step 1's pruning kept, ternary added
+    assert s2["layers"]["fc2"]["bits"] == 2
+    assert s2["layers"]["fc2"]["nonzero"] <= s1["layers"]["fc2"]["nonzero"] == 500
+    fc2 = load_file(str(two_step_run / "model.safetensors"))["fc2.weight"]
+    assert torch.unique(fc2.abs()).numel() <= 2  # {0, a}
+    assert {r["step"] for r in report["history"] if r["phase"] != "pretrain"} == {1, 2}
+    md = (two_step_run / "report.md").read_text()
+    assert "## Steps" in md and "squeeze" in md
+    for name in ("steps.png", "sensitivity_squeeze.png"):
+        assert (two_step_run / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_resume_between_and_inside_steps(tmp_path: Path) -> None:
+    """Kill at the end of step 1 and inside step 2: the result equals an uninterrupted run."""
+    config = tmp_path / "two.yaml"
+    config.write_text(yaml.safe_dump(TWO_STEPS))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ref = tmp_path / "reference"
+    subprocess.run(_cli("run", str(config), "--out", str(ref)), check=True, env=env)
+
+    out = tmp_path / "killed"
+    run_cmd = _cli("run", str(config), "--out", str(out))
+    _kill_when(out, "step1 done", run_cmd)
+    assert load_checkpoint(out / "checkpoint.pt")["step"] in (0, 1)
+    _kill_when(out, "squeeze admm 1/2", [*run_cmd, "--resume"])
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 1
+    subprocess.run([*run_cmd, "--resume"], check=True, env=env)
+
+    a = load_file(str(ref / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ra = json.loads((ref / "report.json").read_text())
+    rb = json.loads((out / "report.json").read_text())
+    assert [s["pruning_rate"] for s in ra["steps"]] == [s["pruning_rate"] for s in rb["steps"]]
+    assert [h["test_accuracy"] for h in ra["history"]] == [
+        h["test_accuracy"] for h in rb["history"]
+    ]
+    assert DATA_DIR.is_dir()
