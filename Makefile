@@ -13,7 +13,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 endif
 RUN_DIR ?= runs/demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench bench-records clean
 
 venv: $(VENV)/.installed
 
@@ -37,6 +37,13 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/epoch_overhead.py
 	$(PY) benchmarks/run_config.py configs/lenet5_mnist_demo.yaml --name demo
+
+# The issue-5 record runs and the baseline comparison (about an hour on 2 CPU cores).
+bench-records: venv
+	$(PY) benchmarks/run_config.py configs/lenet5_mnist_record.yaml --name lenet5_record
+	$(PY) benchmarks/run_config.py configs/lenet300_mnist_record.yaml --name lenet300_record
+	$(PY) benchmarks/run_config.py configs/lenet5_mnist_record_quant.yaml --name lenet5_record_quant
+	$(PY) benchmarks/baselines.py --model lenet300 --rates 20 40 65 --epochs 24
 
 clean:
 	rm -rf runs .pytest_cache

@@ -28,13 +28,19 @@ from admmcompress.constraints import (
 from admmcompress.export import load_model
 from admmcompress.models import create_model
 from admmcompress.progressive import merge_rule, plan_step
-from test_pipeline import DATA_DIR, _cli, _kill_when, _run
+from test_pipeline import DATA_DIR, REPO, _cli, _kill_when, _run
 
 TWO_STEPS = {
     "name": "two",
     "seed": 0,
     "model": "lenet5",
-    "data": {"dataset": "mnist", "batch_size": 64, "train_subset": 1500, "test_subset": 1000},
+    "data": {
+        "dataset": "mnist",
+        "batch_size": 64,
+        "train_subset": 1500,
+        "test_subset": 1000,
+        "augment": {"shift": 1},  # covered by the resume test too
+    },
     "pretrain": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
     "admm": {"epochs": 2, "period": 1, "rho": 0.01, "optimizer": {"name": "adam", "lr": 0.001}},
     "retrain": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.001}},
@@ -351,3 +357,106 @@ def test_resume_between_and_inside_steps(tmp_path: Path) -> None:
         h["test_accuracy"] for h in rb["history"]
     ]
     assert DATA_DIR.is_dir()
+
+
+def test_a_step_without_admm_is_magnitude_pruning(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    model = create_model("lenet5")
+    torch.save(model.state_dict(), tmp_path / "init.pt")
+    cfg = {
+        "model": "lenet5",
+        "init": str(tmp_path / "init.pt"),
+        "data": {"train_subset": 200, "test_subset": 200},
+        "runtime": {"progress": False},
+        "steps": [
+            {
+                "rules": {"fc1": {"prune": "irregular", "count": 1000}},
+                "admm": {"epochs": 0},
+                "retrain": {"epochs": 0},
+            }
+        ],
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert _run(tmp_path / "c.yaml", tmp_path / "out") == 0
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    w = model.fc1.weight.detach()
+    top = w.abs().flatten().topk(1000).indices
+    expected = torch.zeros(w.numel())
+    expected[top] = w.flatten()[top]
+    assert torch.equal(saved["fc1.weight"], expected.view_as(w))
+    assert torch.equal(saved["conv1.weight"], model.conv1.weight.detach())
+
+
+def test_sensitivity_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from admmcompress.cli import main
+
+    cfg = yaml.safe_load((REPO / "configs/tiny_test.yaml").read_text())
+    cfg["runtime"] = {"progress": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "sens"
+    args = ["sensitivity", str(tmp_path / "c.yaml"), "--out", str(out), "--data-dir", str(DATA_DIR)]
+    assert main([*args, "--layers", "fc*", "--samples", "300", "--rate", "20"]) == 0
+    result = json.loads((out / "sensitivity.json").read_text())
+    assert set(result["scan"]) == {"fc1", "fc2"}
+    for points in result["scan"].values():
+        counts = [p["count"] for p in points]
+        assert counts == sorted(counts, reverse=True) and counts[-1] == 8
+    sizes = {"fc1": 400_000, "fc2": 5_000}
+    for method in ("sensitivity", "global_magnitude", "uniform"):
+        split = result["allocations"][method]
+        assert sum(split.values()) <= sum(sizes.values()) / 20
+    assert (out / "sensitivity.png").is_file()
+    assert "fewest kept" in (out / "sensitivity.md").read_text()
+    assert "fewest kept" in capsys.readouterr().out
+
+    cfg["pretrain"]["epochs"] = 0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([*args, "--layers", "fc2"]) == 2
+    assert "needs a trained model" in capsys.readouterr().err
+
+
+def test_shift_is_a_crop_of_the_padded_image() -> None:
+    from admmcompress.augment import augment_batch, random_shift
+
+    x = torch.randn(16, 2, 9, 7)
+    assert torch.equal(random_shift(x, 0, torch.Generator()), x)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a, b = random_shift(x, 2, g1), random_shift(x, 2, g2)
+    assert torch.equal(a, b)  # the generator decides, nothing else
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate")
+    for i in range(16):  # each output is one of the 25 crops of its own padded image
+        crops = [padded[i, :, r : r + 9, c : c + 7] for r in range(5) for c in range(5)]
+        assert any(torch.equal(a[i], crop) for crop in crops)
+    flipped = augment_batch(x, 0, True, torch.Generator().manual_seed(0))
+    same = [torch.equal(flipped[i], x[i]) for i in range(16)]
+    mirrored = [torch.equal(flipped[i], x[i].flip(-1)) for i in range(16)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True)) and any(mirrored)
+
+
+def test_init_from_a_pruned_model_keeps_its_masks(two_step_run: Path, tmp_path: Path) -> None:
+    """Quantize a pruned model in a new run: its pruning carries over from the file's masks."""
+    cfg = {
+        "model": "lenet5",
+        "init": str(two_step_run / "model.safetensors"),
+        "data": {"train_subset": 500, "test_subset": 500},
+        "runtime": {"progress": False, "threads": 1},
+        "steps": [
+            {
+                "rules": {"conv*": {"quantize": 3}},  # fc layers: masks only, no rule
+                "admm": {"epochs": 1, "period": 1},
+                "retrain": {"epochs": 1},
+            }
+        ],
+    }
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(cfg))
+    assert _run(tmp_path / "q.yaml", tmp_path / "q") == 0
+    before = load_model(two_step_run / "model.safetensors")
+    after = load_model(tmp_path / "q" / "model.safetensors")
+    weights = dict(after.model.named_modules())
+    for name, mask in before.masks.items():
+        assert not (after.masks[name] & ~mask).any(), name
+        assert torch.count_nonzero(weights[name].weight[~mask]) == 0, name
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["layers"]}
+    assert rows["conv2"]["bits"] == 3 and rows["conv2"]["distinct_values"] <= 7
+    assert "kept the pruning masks of 4 layers" in (tmp_path / "q" / "run.log").read_text()

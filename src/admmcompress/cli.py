@@ -14,11 +14,12 @@ from . import __version__
 log = logging.getLogger("admmcompress")
 
 DESCRIPTION = """\
-Compress a neural network with ADMM weight pruning.
+Compress a neural network with ADMM weight pruning and quantization.
 
-A run trains (or loads) a model, pulls its weights towards the sparsity you ask for with
-ADMM, prunes them exactly ("harden"), retrains the remaining weights with the pruned ones
-held at zero, verifies the result and writes a run folder with the model, a report and plots.
+A run trains (or loads) a model, pulls its weights towards the sparsity (and the few values)
+you ask for with ADMM, projects them exactly ("harden"), retrains the remaining weights with
+the pruned ones held at zero, verifies the result and writes a run folder with the model, a
+report and plots. A progressive run repeats this in steps, each from the last one's model.
 """
 
 EPILOG = """\
@@ -29,6 +30,7 @@ examples:
   admmcompress run configs/lenet5_mnist_admm.yaml --set admm.rho=0.01 --set retrain.epochs=20
   admmcompress eval runs/demo
   admmcompress report runs/demo
+  admmcompress sensitivity configs/lenet5_mnist_record.yaml --weights runs/demo --rate 300
 """
 
 
@@ -92,6 +94,38 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", type=Path, help="folder holding the datasets")
     ev.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
     ev.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+
+    sen = sub.add_parser(
+        "sensitivity",
+        help="scan how much each layer can be pruned alone, to choose per-layer rates",
+        description="Magnitude-prune each layer alone over a grid of keep counts (no "
+        "retraining) and score the model on training images. Writes sensitivity.json, "
+        "sensitivity.md (the fewest weights each layer keeps within a given loss increase) "
+        "and sensitivity.png. The dense model comes from --weights, else the config's "
+        "'init', else the config's pretraining.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  admmcompress sensitivity configs/lenet5_mnist_record.yaml "
+        "--weights runs/demo --rate 300",
+    )
+    sen.add_argument("config", type=Path, help="YAML config (model, data, pretraining)")
+    sen.add_argument(
+        "--weights", type=Path, help="trained weights: model.safetensors, a run folder or a .pt"
+    )
+    sen.add_argument(
+        "--out", type=Path, help="output folder (default: runs/<config name>_sensitivity)"
+    )
+    sen.add_argument(
+        "--layers", nargs="+", metavar="SELECTOR", help="layers to scan (default: all conv/fc)"
+    )
+    sen.add_argument(
+        "--samples", type=int, default=5000, help="training images to score on (default 5000)"
+    )
+    sen.add_argument(
+        "--rate", type=float, help="also show how each allocation method splits this rate"
+    )
+    sen.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    sen.add_argument("--data-dir", type=Path, help="folder holding the datasets")
+    sen.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     rep = sub.add_parser(
         "report",
@@ -170,6 +204,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .sensitivity import run_sensitivity
+
+    cfg = load_config(args.config, args.overrides)
+    if args.no_progress:
+        cfg.runtime.progress = False
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if args.rate is not None and not args.rate > 1:
+        raise ConfigError(f"--rate must be above 1 (300 keeps one weight in 300), got {args.rate}")
+    out = args.out or Path("runs") / f"{cfg.name}_sensitivity"
+    _setup_logging()
+    with logging_redirect_tqdm(loggers=[log]):
+        run_sensitivity(
+            cfg,
+            out,
+            data_dir=args.data_dir,
+            weights=args.weights,
+            layers=args.layers,
+            samples=args.samples,
+            rate=args.rate,
+        )
+    print((out / "sensitivity.md").read_text())
+    print(f"written: {out}/sensitivity.json, sensitivity.md, sensitivity.png")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import read_report, render_markdown, write_report
 
@@ -190,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     from .verify import ConstraintViolationError
 
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "eval": _cmd_eval, "report": _cmd_report}
+    handlers = {
+        "run": _cmd_run,
+        "eval": _cmd_eval,
+        "sensitivity": _cmd_sensitivity,
+        "report": _cmd_report,
+    }
     user_errors = (
         ConfigError,
         SelectionError,

@@ -288,8 +288,18 @@ class ModelConfig(_Strict):
         return v
 
 
+class AugmentConfig(_Strict):
+    """Training-time augmentation (never applied to evaluation)."""
+
+    shift: int = Field(
+        0, ge=0, le=8, description="shift images by up to this many pixels (pad + random crop)"
+    )
+    hflip: bool = Field(False, description="mirror images left-right at random (not for digits)")
+
+
 class DataConfig(_Strict):
     dataset: Literal["mnist", "fashion_mnist", "cifar10"] = "mnist"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     root: str | None = Field(
         None, description="data folder; --data-dir and $ADMMCOMPRESS_DATA take precedence"
     )

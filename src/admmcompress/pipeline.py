@@ -111,6 +111,46 @@ def _rules_from_json(raw: dict[str, Any]) -> dict[str, RuleConfig]:
     return {n: RuleConfig.model_validate(r) for n, r in raw.items()}
 
 
+def load_run_data(
+    cfg: RunConfig, data_dir: str | os.PathLike | None, device: torch.device
+) -> Dataset:
+    """The config's data set (and subsets), loaded once onto ``device``."""
+    root = resolve_data_root(data_dir, cfg.data.root)
+    data = load_dataset(cfg.data.dataset, root, verify=cfg.data.verify, download=cfg.data.download)
+    train, test = data.train, data.test
+    if cfg.data.train_subset:
+        train = train.subset(cfg.data.train_subset, cfg.seed)
+    if cfg.data.test_subset:
+        test = test.subset(cfg.data.test_subset, cfg.seed)
+    return Dataset(data.name, train.to(device), test.to(device), data.num_classes, data.input_shape)
+
+
+def load_weights(model: nn.Module, path: Path, model_name: str) -> dict[str, Tensor]:
+    """Load a model.safetensors, a run folder's model, or a (checkpoint's) state dict.
+
+    Returns the masks an admmcompress model file carries (empty for a plain state dict).
+    """
+    if path.is_dir() and (path / MODEL_FILE).exists():
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise ConfigError(f"weights file {path} does not exist")
+    masks: dict[str, Tensor] = {}
+    if path.suffix == ".safetensors":
+        saved = load_model(path)
+        state, masks = saved.model.state_dict(), saved.masks
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a corrupt or foreign file: say which and why
+            raise ConfigError(f"cannot read weights from {path}: {e}") from None
+        state = obj.get("model", obj) if isinstance(obj, dict) else obj
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ConfigError(f"weights in {path} do not fit model {model_name!r}: {e}") from None
+    return masks
+
+
 class Pipeline:
     """One run of a config in one folder; ``run()`` does (or finishes) all of it."""
 
@@ -204,43 +244,16 @@ class Pipeline:
         if ckpt is None and self.cfg.init:
             self._load_init(Path(self.cfg.init))
         self.model.to(self.device)
-        root = resolve_data_root(self.data_dir, self.cfg.data.root)
-        data = load_dataset(
-            self.cfg.data.dataset,
-            root,
-            verify=self.cfg.data.verify,
-            download=self.cfg.data.download,
-        )
-        train, test = data.train, data.test
-        if self.cfg.data.train_subset:
-            train = train.subset(self.cfg.data.train_subset, self.cfg.seed)
-        if self.cfg.data.test_subset:
-            test = test.subset(self.cfg.data.test_subset, self.cfg.seed)
-        self.data = Dataset(
-            data.name,
-            train.to(self.device),
-            test.to(self.device),
-            data.num_classes,
-            data.input_shape,
-        )
+        self.data = load_run_data(self.cfg, self.data_dir, self.device)
         (self.out / CONFIG_COPY).write_text(config_to_yaml(self.cfg))
         return ckpt
 
     def _load_init(self, path: Path) -> None:
-        if not path.exists():
-            raise ConfigError(f"init: weights file {path} does not exist")
-        if path.suffix == ".safetensors":
-            state = load_model(path).model.state_dict()
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            state = obj.get("model", obj) if isinstance(obj, dict) else obj
-        try:
-            self.model.load_state_dict(state)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            raise ConfigError(
-                f"init: {path} does not fit model {self.cfg.model.name!r}: {e}"
-            ) from None
+        masks = load_weights(self.model, path, self.cfg.model.name)
         log.info("initialised weights from %s", path)
+        if masks:  # a pruned model stays pruned: its masks are where this run starts
+            self.masks = {n: m.to(self.device) for n, m in masks.items()}
+            log.info("kept the pruning masks of %d layers from %s", len(masks), path)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _wall_seconds(self) -> float:
@@ -374,6 +387,7 @@ class Pipeline:
                     after_backward=after_backward,
                     progress=self.cfg.runtime.progress,
                     desc=label,
+                    augment=self.cfg.data.augment,
                 )
                 scheduler.step()
                 record: dict[str, Any] = {"phase": name, "epoch": s.epoch + 1, "lr": lr}
@@ -470,7 +484,8 @@ class Pipeline:
                 for n, c in self.constraints.items()
                 if quantizer_of(c) is not None
             }
-            self.masks = admm.harden()
+            # Layers masked earlier (an init model's pruning) but under no rule keep theirs.
+            self.masks = {**self.masks, **admm.harden()}
             for n, w in self.quant_init.items():  # pruned weights stay pruned for retraining
                 w.masked_fill_(~self.masks[n], 0.0)
             h_loss, h_acc = self._evaluate()

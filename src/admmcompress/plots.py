@@ -54,7 +54,8 @@ def plot_training_curves(report: dict[str, Any], path: Path) -> None:
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a run with no training epochs has none
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .config import OptimizerConfig, SchedulerConfig
+from .augment import augment_batch
+from .config import AugmentConfig, OptimizerConfig, SchedulerConfig
 from .data import Split, iterate_batches, num_batches
 
 
@@ -71,6 +72,7 @@ def train_epoch(
     after_backward: Callable[[], None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    augment: AugmentConfig | None = None,
 ) -> EpochStats:
     """One pass over ``split`` in shuffled mini-batches.
 
@@ -88,6 +90,8 @@ def train_epoch(
     for step, (x, y) in enumerate(
         iterate_batches(split, batch_size, shuffle=True, generator=generator)
     ):
+        if augment is not None and (augment.shift or augment.hflip):
+            x = augment_batch(x, augment.shift, augment.hflip, generator)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         objective = loss

@@ -41,6 +41,9 @@ def model_violations(
             problems.append(f"{name}: mask shape {tuple(mask.shape)} != weight {tuple(w.shape)}")
         elif (why := revived_weights(w, mask)) is not None:
             problems.append(f"{name}: {why}")
+    for name, mask in masks.items():  # masked layers under no rule (an init model's pruning)
+        if name not in constraints and (why := revived_weights(modules[name].weight, mask)):
+            problems.append(f"{name}: {why}")
     return problems
 
 

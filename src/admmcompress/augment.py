@@ -1,0 +1,43 @@
+"""Batch-level data augmentation on in-memory tensors: random shifts and horizontal flips.
+
+Done on whole batches where the data lives (CPU or GPU), with the run's data generator, so
+an augmented run stays reproducible and resumes bit-identically. Pruned networks at very
+high rates overfit (LeNet-300-100 at 65x: 99.4% train, 97.8% test); small random shifts
+are the classic remedy on MNIST, crops and flips on CIFAR-10.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def random_shift(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
+    """Shift each image by up to ``pad`` pixels in each direction (edges replicated).
+
+    Same as padding by ``pad`` and taking a random crop of the original size.
+    """
+    if pad <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # [b, h]
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # [b, w]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [b, h, w, c]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_hflip(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def augment_batch(x: Tensor, shift: int, hflip: bool, generator: torch.Generator) -> Tensor:
+    if x.dim() != 4:
+        raise ValueError(f"augmentation needs image batches [B, C, H, W], got {tuple(x.shape)}")
+    x = random_shift(x, shift, generator)
+    return random_hflip(x, generator) if hflip else x
