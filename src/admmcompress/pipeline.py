@@ -577,7 +577,8 @@ class Pipeline:
             self._restore(ckpt)
         s = self.state
         while s.phase != "done":
-            if s.phase == "admm" and self.planned_step != s.step:
+            # (a checkpoint from before steps existed has no plan: make it from the config)
+            if s.phase in ("admm", "retrain") and self.planned_step != s.step:
                 self._plan_step()
             # Only a checkpoint written inside a phase carries its optimizer (and ADMM) state;
             # one written at a phase boundary starts the next phase afresh.
@@ -627,7 +628,8 @@ class Pipeline:
                 },
             }
         self.planned_step = s.step
-        self.quant_init = {}
+        if s.phase == "admm":
+            self.quant_init = {}
         if plan.allocation:
             counts = ", ".join(f"{n} {c:,}" for n, c in plan.allocation["counts"].items())
             log.info(
