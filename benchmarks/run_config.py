@@ -40,6 +40,8 @@ def main() -> None:
     wall = time.perf_counter() - start
     report = json.loads((out / "report.json").read_text())
     phases = report["phases"]
+    pre_epochs = int(phases["pretrain"]["epochs"])
+    start = f"dense, {pre_epochs} epochs" if pre_epochs else "the config's init weights"
     rows = [
         "| measure | value |",
         "| --- | ---: |",
@@ -50,7 +52,8 @@ def main() -> None:
         f"{report['dense_bytes']:,}) |",
         f"| storage compression | {report['storage_rate']:.1f}x "
         f"({report['storage_rate_without_index']:.1f}x without the index) |",
-        f"| test accuracy after pretraining (dense) | {phases['pretrain']['test_accuracy']:.2%} |",
+        f"| test accuracy of the starting model ({start}) | "
+        f"{phases['pretrain']['test_accuracy']:.2%} |",
         "| test accuracy after ADMM, before hardening (last step) | "
         f"{phases['admm']['test_accuracy']:.2%} |",
         "| test accuracy right after hardening (last step) | "

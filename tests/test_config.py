@@ -11,6 +11,7 @@ import yaml
 from admmcompress.config import ConfigError, RunConfig, load_config, validate_config
 from admmcompress.models import create_model
 from admmcompress.pipeline import layer_constraints
+from admmcompress.progressive import check_step_selectors, plan_step
 from admmcompress.selection import SelectionError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -491,8 +492,11 @@ def test_recipes_exist() -> None:
 def test_recipe_validates_and_resolves(path: Path) -> None:
     cfg = load_config(path)
     model = create_model(cfg.model.name, **cfg.model.args)
-    constraints = layer_constraints(model, cfg)
-    assert constraints
+    for step in cfg.step_list():
+        check_step_selectors(model, step)
+    first = cfg.step_list()[0]
+    if first.target is None or first.target.allocation != "sensitivity":
+        assert plan_step(model, first, {}, {}).rules
     # every rule selects something (layer_constraints raises otherwise) and the
     # config round-trips through its own dump
     assert validate_config(cfg.model_dump(mode="json")) == cfg

@@ -18,6 +18,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -341,9 +342,9 @@ class RunConfig(_Strict):
     pretrain: PhaseConfig = Field(default_factory=PhaseConfig)
     admm: AdmmConfig = Field(default_factory=AdmmConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    steps: list[StepConfig] | None = None  # before rules: the rules check looks at it
     rules: dict[str, RuleConfig] = Field(default_factory=dict)
     target: TargetConfig | None = None
-    steps: list[StepConfig] | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @field_validator("model", mode="before")
@@ -355,8 +356,9 @@ class RunConfig(_Strict):
 
     @field_validator("rules")
     @classmethod
-    def _some_rules(cls, v: dict[str, RuleConfig]) -> dict[str, RuleConfig]:
-        if not v:  # runs only for an explicit 'rules:', not for the default
+    def _some_rules(cls, v: dict[str, RuleConfig], info: ValidationInfo) -> dict[str, RuleConfig]:
+        # runs only for an explicit 'rules:'; a dumped progressive config has 'rules: {}'
+        if not v and not info.data.get("steps"):
             raise ValueError(
                 "at least one layer rule is needed, e.g. 'fc1: {prune: irregular, keep: 0.1}'"
             )
