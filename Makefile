@@ -40,9 +40,12 @@ bench: venv
 
 # The issue-5 record runs and the baseline comparison (about an hour on 2 CPU cores).
 bench-records: venv
-	$(PY) benchmarks/run_config.py configs/lenet5_mnist_record.yaml --name lenet5_record
-	$(PY) benchmarks/run_config.py configs/lenet300_mnist_record.yaml --name lenet300_record
-	$(PY) benchmarks/run_config.py configs/lenet5_mnist_record_quant.yaml --name lenet5_record_quant
+	$(PY) benchmarks/run_config.py configs/lenet5_mnist_record.yaml --name lenet5_record \
+		--out runs/lenet5_record
+	$(PY) benchmarks/run_config.py configs/lenet300_mnist_record.yaml --name lenet300_record \
+		--out runs/lenet300_record
+	$(PY) benchmarks/run_config.py configs/lenet5_mnist_record_quant.yaml \
+		--name lenet5_record_quant --out runs/lenet5_record_quant
 	$(PY) benchmarks/baselines.py --model lenet300 --rates 20 40 65 --epochs 24
 
 clean:
