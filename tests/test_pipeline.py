@@ -213,6 +213,11 @@ def test_resume_after_kill_gives_identical_weights(tmp_path: Path, variant: str)
 
     log = (out / "run.log").read_text()
     assert log.count("resuming") == 2
+    assert_same_run(ref, out)
+
+
+def assert_same_run(ref: Path, out: Path) -> tuple[dict, dict]:
+    """Bit-identical saved weights and per-epoch accuracies; returns both reports."""
     a = load_file(str(ref / "model.safetensors"))
     b = load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -223,3 +228,4 @@ def test_resume_after_kill_gives_identical_weights(tmp_path: Path, variant: str)
     assert [h["test_accuracy"] for h in ra["history"]] == [
         h["test_accuracy"] for h in rb["history"]
     ]
+    return ra, rb

@@ -6,10 +6,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 log = logging.getLogger("admmcompress")
 
@@ -149,13 +153,20 @@ def _setup_logging() -> None:
     log.addHandler(console)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load_config(args: argparse.Namespace) -> RunConfig:
+    """The config file with its --set overrides, and --no-progress applied."""
     from .config import load_config
-    from .pipeline import Pipeline
 
     cfg = load_config(args.config, args.overrides)
     if args.no_progress:
         cfg.runtime.progress = False
+    return cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .pipeline import Pipeline
+
+    cfg = _load_config(args)
     out = args.out or Path("runs") / cfg.name
     _setup_logging()
     with logging_redirect_tqdm(loggers=[log]):
@@ -205,12 +216,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
+    from .config import ConfigError
     from .sensitivity import run_sensitivity
 
-    cfg = load_config(args.config, args.overrides)
-    if args.no_progress:
-        cfg.runtime.progress = False
+    cfg = _load_config(args)
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
     if args.rate is not None and not args.rate > 1:
