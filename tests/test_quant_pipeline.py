@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from admmcompress.cli import main
 from admmcompress.config import ConfigError, validate_config
 from admmcompress.constraints import check_on_grid
-from admmcompress.storage import layer_storage
+from admmcompress.storage import QuantSpec, plan_tensor
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -51,16 +51,17 @@ def test_binary_run_has_two_values_per_layer(tmp_path: Path, method: str) -> Non
         assert torch.equal(values, torch.stack([-values[1], values[1]]))  # {-a, +a}
         row = next(r for r in report["layers"] if r["name"] == name)
         assert row["bits"] == 1 and row["distinct_values"] == 2 and row["quantized"]
-        assert row["storage"]["bytes"] == layer_storage(w, 1, 1).bytes
+        plan = plan_tensor(w, QuantSpec(1), row["scales"])
+        assert row["storage"]["bytes"] == plan.bytes
+        # one bit a weight, no index, one scale (fp32, or fp64 if needed for an exact rebuild)
+        assert row["storage"]["encoding"] == "dense" and row["storage"]["index_bytes"] == 0
+        assert row["storage"]["value_bytes"] == (w.numel() + 7) // 8
+        assert row["storage"]["scale_bytes"] in (4, 8)
     assert report["pruning_rate"] == 1.0
-    dense_bits = 430500 * 32
-    stored_bits = sum(r["storage"]["total_bits"] for r in report["layers"])
-    assert report["storage_rate"] == pytest.approx(
-        dense_bits / 8 / sum((r["storage"]["total_bits"] + 7) // 8 for r in report["layers"])
-    )
-    assert stored_bits == 430500 + 4 * 32  # one bit a weight, one fp32 scale a layer
+    stored = sum(r["storage"]["bytes"] for r in report["layers"])
+    assert report["storage_rate"] == pytest.approx(430500 * 4 / stored)
     # dense layers need no index, so leaving the index out changes nothing here
-    assert report["storage_rate_without_index"] == pytest.approx(dense_bits / stored_bits)
+    assert report["storage_rate_without_index"] == pytest.approx(430500 * 4 / stored)
 
 
 def test_pruned_ternary_zeros_match_mask(tmp_path: Path) -> None:

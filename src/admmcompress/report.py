@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .checkpoint import atomic_write_text
 from .constraints import Constraint, count_levels, prunes, quantizer_of
 from .selection import compressible_layers
-from .storage import layer_storage
+from .storage import QuantSpec, plan_tensor
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -66,7 +66,9 @@ def layer_table(
         if quant is not None:
             _, scale = quant.fit(w, mask=masks.get(name))
         bits = quant.bits if quant is not None else 32
-        storage = layer_storage(w, bits, scale.numel() if scale is not None else 0)
+        spec = QuantSpec(quant.bits, quant.per_channel) if quant is not None else None
+        hint = scale.detach().cpu().numpy() if scale is not None else None
+        storage = plan_tensor(w, spec, hint)
         rows.append(
             {
                 "name": name,
@@ -84,7 +86,7 @@ def layer_table(
                 "constraint": c.describe() if c is not None else None,
                 "pruned": prunes(c),
                 "quantized": quant is not None,
-                "storage": storage.as_dict(),
+                "storage": storage.summary(),
             }
         )
     return rows
@@ -96,7 +98,7 @@ def storage_summary(layers: list[dict[str, Any]]) -> dict[str, float]:
     stored = sum(r["storage"]["bytes"] for r in layers)
     # Some papers leave the sparsity pattern out of their storage figures; this one makes
     # their numbers comparable, the honest figure is storage_rate.
-    values = sum(r["storage"]["value_bits"] + r["storage"]["scale_bits"] for r in layers) / 8
+    values = sum(r["storage"]["value_bytes"] + r["storage"]["scale_bytes"] for r in layers)
     return {
         "dense_bytes": dense,
         "storage_bytes": stored,
@@ -269,9 +271,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Storage counts weights only: the sparsity pattern in the cheapest of a dense layout, a "
-        "bitmask or a relative index (Deep Compression), values at their bit width (32 when not "
-        "quantized), and 32 bits per scale.",
+        "Storage counts weights only, exactly as `admmcompress export` writes them: the "
+        "sparsity pattern in the cheapest of a dense layout, a bitmask, a relative index (Deep "
+        "Compression) or a Golomb-Rice code, values at their bit width (32 when not quantized) "
+        "and one fp32 (or, when needed for an exact rebuild, fp64) scale per quantized tensor "
+        "or channel, each section padded to a whole byte. The file adds biases, BatchNorm "
+        "entries and a header.",
     ]
     if report["admm_residuals"]:
         last = report["admm_residuals"][-1]

@@ -146,7 +146,7 @@ def _prepare(w: Tensor, per_channel: bool, mask: Tensor | None) -> tuple[Tensor,
 
 
 def _finish(w: Tensor, q: Tensor, scale: Tensor, per_channel: bool) -> tuple[Tensor, Tensor]:
-    q = q.reshape(w.shape).to(w.dtype)
+    q = q.reshape(w.shape).to(w.dtype) + 0.0  # no -0.0: a stored zero carries no sign
     scale = scale.to(w.dtype)
     return q, (scale if per_channel else scale.reshape(()))
 
