@@ -1,7 +1,8 @@
 """admmcompress: compress neural networks with ADMM weight pruning and quantization.
 
 The core (``ADMM``, the constraints, ``MaskEnforcer``) works inside any PyTorch training loop;
-the ``admmcompress`` command runs whole recipes from YAML configs.
+the ``admmcompress`` command runs whole recipes from YAML configs; ``load`` reads a compressed
+model file (``.admmz`` or ``model.safetensors``) back as an ``nn.Module``.
 """
 
 from .admm import ADMM, Residual
@@ -19,6 +20,7 @@ from .constraints import (
     make_constraint,
     register_constraint,
 )
+from .export import load
 from .masking import MaskEnforcer
 from .models import available_models, create_model, register_model
 from .selection import SelectionError, compressible_layers, select_layers
@@ -44,6 +46,7 @@ __all__ = [
     "available_models",
     "compressible_layers",
     "create_model",
+    "load",
     "make_constraint",
     "register_constraint",
     "register_model",

@@ -34,6 +34,7 @@ examples:
   admmcompress run configs/lenet5_mnist_admm.yaml --set admm.rho=0.01 --set retrain.epochs=20
   admmcompress eval runs/demo
   admmcompress report runs/demo
+  admmcompress export runs/demo && admmcompress inspect runs/demo/model.admmz
   admmcompress sensitivity configs/lenet5_mnist_record.yaml --weights runs/demo --rate 300
 """
 
@@ -131,6 +132,56 @@ def _parser() -> argparse.ArgumentParser:
     sen.add_argument("--data-dir", type=Path, help="folder holding the datasets")
     sen.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    exp = sub.add_parser(
+        "export",
+        help="write a compressed model as a small .admmz file or as ONNX",
+        description="Export a run's hardened model. The .admmz format stores each conv/linear "
+        "weight as its sparsity pattern (the smallest of a bitmask, a relative index, a "
+        "Golomb-Rice code or dense) plus its values (fp32, fp16, or b-bit codes and scales for "
+        "quantized layers), with a checksummed header; admmcompress.load() rebuilds the model "
+        "bit for bit. --format onnx writes the dense-equivalent model for other runtimes. "
+        "--compact first removes pruned filters, channels and dead neurons, giving a smaller "
+        "ordinary model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  admmcompress export runs/demo                      # -> runs/demo/model.admmz\n"
+        "  admmcompress export runs/demo --compact --out small.admmz\n"
+        "  admmcompress export runs/demo --format onnx        # -> runs/demo/model.onnx\n"
+        "  admmcompress inspect runs/demo/model.admmz",
+    )
+    exp.add_argument(
+        "source", type=Path, help="run folder, its model.safetensors, or an .admmz file"
+    )
+    exp.add_argument(
+        "--out", type=Path, help="output file (default: model[_compact].admmz|.onnx beside it)"
+    )
+    exp.add_argument("--format", choices=["admmz", "onnx"], default="admmz", dest="fmt")
+    exp.add_argument(
+        "--values",
+        choices=["float32", "float16"],
+        default="float32",
+        help="storage of unquantized weights (float16 halves them but is not bit-exact)",
+    )
+    exp.add_argument(
+        "--compact",
+        action="store_true",
+        help="remove pruned filters/channels and dead neurons (outputs stay equal)",
+    )
+    exp.add_argument(
+        "--input-shape",
+        type=_shape,
+        help="C,H,W of one input, for model files that do not record it (e.g. 1,28,28)",
+    )
+
+    ins = sub.add_parser(
+        "inspect",
+        help="check an .admmz file and print its per-layer sizes",
+        description="Read an .admmz file, verify its checksum and every section, and print "
+        "each tensor's encoding and bytes with the totals.",
+    )
+    ins.add_argument("file", type=Path, help=".admmz file")
+    ins.add_argument("--json", action="store_true", help="print the sizes as JSON instead")
+
     rep = sub.add_parser(
         "report",
         help="print a run's summary and redraw its report.md and plots",
@@ -139,6 +190,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("run_dir", type=Path, help="run folder holding report.json")
     return p
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        dims = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,28,28, got {text!r}") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"dimensions must be positive, got {text!r}")
+    return dims
 
 
 def _setup_logging() -> None:
@@ -241,6 +302,50 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export, summary_table
+
+    result = export(
+        args.source,
+        args.out,
+        fmt=args.fmt,
+        values=args.values,
+        compact=args.compact,
+        input_shape=args.input_shape,
+    )
+    if result.compact is not None:
+        c = result.compact
+        print(
+            f"compact: {len(c['sizes'])} layers resized, parameters "
+            f"{c['params_before']:,} -> {c['params_after']:,}"
+        )
+    if result.summary is not None:
+        print(summary_table(result.summary))
+        if result.report_storage_bytes is not None:
+            same = result.report_storage_bytes == result.summary.weight_bytes
+            print(
+                f"the run's report estimated {result.report_storage_bytes:,} bytes of weights: "
+                + ("the file matches" if same else "the report predates this format version")
+            )
+    print(f"written: {result.out}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from .deploy import inspect, summary_table
+
+    loaded = inspect(args.file)
+    if args.json:
+        out = {"totals": loaded.summary.totals(), "tensors": loaded.summary.rows}
+        print(json.dumps(out, indent=2))
+    else:
+        print(summary_table(loaded.summary))
+        print("checksum and every section verified")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .report import read_report, render_markdown, write_report
 
@@ -251,6 +356,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .admmz import ModelFormatError
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
@@ -266,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval": _cmd_eval,
         "sensitivity": _cmd_sensitivity,
         "report": _cmd_report,
+        "export": _cmd_export,
+        "inspect": _cmd_inspect,
     }
     user_errors = (
         ConfigError,
@@ -274,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         RunFolderError,
         CheckpointError,
         ModelFileError,
+        ModelFormatError,
         FileNotFoundError,
         ValueError,
     )

@@ -88,3 +88,20 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         ) from None
     model.to(device)
     return SavedModel(model, masks, metadata["model"], model_args, metadata)
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """The model in an ``.admmz`` or admmcompress ``.safetensors`` file, in eval mode.
+
+    The format is told by the file's first bytes, not its name.
+    """
+    from .admmz import MAGIC, read_admmz
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC))
+    if head == MAGIC:
+        return read_admmz(path, device).model
+    return load_model(path, device).model.eval()

@@ -650,7 +650,13 @@ class Pipeline:
             model_args=self.cfg.model.args,
             extra={
                 "dataset": self.cfg.data.dataset,
+                "input_shape": list(self.data.input_shape),
                 "rules": {name: c.describe() for name, c in self.constraints.items()},
+                "quantization": {
+                    name: {"bits": q.bits, "per_channel": q.per_channel}
+                    for name, c in self.constraints.items()
+                    if (q := quantizer_of(c)) is not None
+                },
             },
         )
 

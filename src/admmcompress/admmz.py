@@ -1,0 +1,516 @@
+"""The ``.admmz`` file: a compressed model that is small on disk and reloads bit for bit.
+
+Layout (all integers little-endian)::
+
+    magic    8 bytes   b"ADMMZ\\0\\r\\n" (the CR LF catches text-mode copies)
+    version  uint32    FORMAT_VERSION
+    hlen     uint32    length of the header
+    header   hlen      zlib-compressed JSON: model name and arguments, and per tensor its
+                       shape, dtype and the offset and length of each of its sections
+    payload            the sections, back to back (see ``storage`` for their encodings)
+    crc32    uint32    of everything before it
+
+Conv and linear weights are stored as a sparsity pattern plus values (``storage``); every
+other tensor (biases, BatchNorm statistics) is stored raw. The reader trusts nothing: it
+checks the size, magic, version and checksum before parsing, validates the header against a
+schema, builds the model on the meta device to check every declared shape against the
+architecture, and bounds every allocation by the file's own size or ``max_params``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor, nn
+
+from .checkpoint import atomic_write
+from .compact import resize_modules
+from .constraints import fit_binary, fit_ternary, fit_uniform
+from .models import create_model
+from .selection import compressible_layers
+from .storage import (
+    MAX_WIDTH,
+    QuantSpec,
+    StorageError,
+    TensorPlan,
+    decode_codes,
+    decode_pattern,
+    encode_pattern,
+    encode_values,
+    plan_tensor,
+    signed_codes,
+    unpack_uint,
+)
+
+MAGIC = b"ADMMZ\x00\r\n"
+FORMAT_VERSION = 1
+SUFFIX = ".admmz"
+_FIXED = struct.Struct("<8sII")
+_CRC = struct.Struct("<I")
+MAX_HEADER_BYTES = 64 << 20  # decompressed: far above any real model's header
+DEFAULT_MAX_PARAMS = 1 << 30  # 4 GiB of fp32; raise it for bigger models
+
+RAW_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+    "float32": (torch.float32, np.dtype("<f4")),
+    "float64": (torch.float64, np.dtype("<f8")),
+    "float16": (torch.float16, np.dtype("<f2")),
+    "int64": (torch.int64, np.dtype("<i8")),
+    "int32": (torch.int32, np.dtype("<i4")),
+    "uint8": (torch.uint8, np.dtype("u1")),
+    "bool": (torch.bool, np.dtype("?")),
+}
+
+
+class ModelFormatError(ValueError):
+    """A file that is not a readable ``.admmz`` model: the message says what is wrong."""
+
+
+# -- header schema --------------------------------------------------------------------------
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Section(_Strict):
+    offset: int = Field(ge=0)
+    length: int = Field(ge=0)
+
+
+class PatternHeader(_Strict):
+    kind: Literal["dense", "bitmask", "relative", "rice"]
+    nnz: int = Field(ge=0)
+    param: int | None = Field(None, ge=0, le=MAX_WIDTH)
+    entries: int | None = Field(None, ge=0)
+    section: Section
+
+
+class ValuesHeader(_Strict):
+    kind: Literal["raw", "codes"]
+    dtype: Literal["float32", "float64", "float16", "int64", "int32", "uint8", "bool"]
+    bits: int | None = Field(None, ge=1, le=16)
+    per_channel: bool = False
+    scale_dtype: Literal["float32", "float64"] | None = None
+    section: Section
+    scales: Section | None = None
+
+
+class TensorHeader(_Strict):
+    name: str
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=8)
+    weight: bool  # a conv/linear weight (counted in the storage figures)
+    stored_as: Literal["float32", "float16", "codes", "raw"]
+    pattern: PatternHeader
+    values: ValuesHeader
+
+
+class FileHeader(_Strict):
+    format: Literal["admmz"]
+    model: str
+    model_args: dict[str, Any]
+    resized: dict[str, dict[str, int]] = {}
+    original_weights: int | None = Field(None, ge=0)  # conv/linear weights before compaction
+    input_shape: list[int] | None = None
+    metadata: dict[str, str] = {}
+    tensors: list[TensorHeader]
+    payload_bytes: int = Field(ge=0)
+
+
+# -- writing --------------------------------------------------------------------------------
+@dataclass
+class FileSummary:
+    """Sizes of an ``.admmz`` file, per tensor and in total, against dense fp32 weights."""
+
+    header: FileHeader
+    file_bytes: int
+    header_bytes: int  # magic, version, header, checksum
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(r["bytes"] for r in self.rows if r["weight"])
+
+    @property
+    def other_bytes(self) -> int:
+        return sum(r["bytes"] for r in self.rows if not r["weight"])
+
+    @property
+    def dense_weight_bytes(self) -> int:
+        """fp32 bytes of the original model's conv/linear weights (before any compaction)."""
+        original = self.header.original_weights
+        if original is not None:
+            return 4 * original
+        return sum(4 * r["numel"] for r in self.rows if r["weight"])
+
+    def totals(self) -> dict[str, Any]:
+        dense = self.dense_weight_bytes
+        return {
+            "file_bytes": self.file_bytes,
+            "weight_bytes": self.weight_bytes,
+            "other_bytes": self.other_bytes,
+            "header_bytes": self.header_bytes,
+            "dense_weight_bytes": dense,
+            "weights_total": dense // 4,
+            "weights_stored": sum(r["numel"] for r in self.rows if r["weight"]),
+            "nonzero_total": sum(r["nnz"] for r in self.rows if r["weight"]),
+            "storage_rate": dense / max(1, self.weight_bytes),
+            "file_rate": dense / max(1, self.file_bytes),
+        }
+
+
+def scale_hint(w: Tensor, spec: QuantSpec) -> Tensor:
+    """The quantizer's own scale(s) for ``w``: it fixes the codes, ``storage`` then makes the
+    scale exact. The mask keeps pruned zeros out of the fit."""
+    mask = w != 0
+    if spec.binary:
+        return fit_binary(w, spec.per_channel, mask)[1]
+    if spec.bits == 2:
+        return fit_ternary(w, spec.per_channel, mask)[1]
+    return fit_uniform(w, spec.bits, spec.per_channel, mask)[1]
+
+
+def plan_model(
+    model: nn.Module,
+    quant: Mapping[str, QuantSpec] | None = None,
+    values: str = "float32",
+) -> dict[str, TensorPlan | Tensor]:
+    """Per state-dict entry: a ``TensorPlan`` for conv/linear weights, the tensor otherwise."""
+    quant = dict(quant or {})
+    weights = {f"{name}.weight": name for name in compressible_layers(model)}
+    unknown = sorted(set(quant) - set(weights.values()))
+    if unknown:
+        raise ValueError(f"quantization given for unknown layers: {', '.join(unknown)}")
+    out: dict[str, TensorPlan | Tensor] = {}
+    for key, t in model.state_dict().items():
+        t = t.detach().cpu()
+        layer = weights.get(key)
+        if layer is not None and t.is_floating_point():
+            spec = quant.get(layer)
+            hint = scale_hint(t.float(), spec).numpy() if spec is not None else None
+            out[key] = plan_tensor(t, spec, hint, values)
+        else:
+            out[key] = t
+    return out
+
+
+def _raw_name(t: Tensor) -> str:
+    for name, (dtype, _) in RAW_DTYPES.items():
+        if t.dtype == dtype:
+            return name
+    raise ValueError(f"cannot store a tensor of dtype {t.dtype}")
+
+
+def save_admmz(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    model_name: str,
+    model_args: Mapping[str, Any],
+    quant: Mapping[str, QuantSpec] | None = None,
+    values: str = "float32",
+    resized: Mapping[str, Mapping[str, int]] | None = None,
+    original_weights: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> FileSummary:
+    """Write ``model`` (hardened) to ``path`` atomically and return the file's sizes.
+
+    ``quant`` names the quantized layers and their grid; ``values="float16"`` stores the
+    other weights in half precision (lossy: the only setting that is not bit-exact).
+    ``resized`` records a compact model's layer sizes (``compact.compact_model``) and
+    ``original_weights`` the weight count it had before, so rates compare with the original.
+    """
+    plans = plan_model(model, quant, values)
+    payload = bytearray()
+    tensors: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+
+    def add(data: bytes) -> dict[str, int]:
+        sec = {"offset": len(payload), "length": len(data)}
+        payload.extend(data)
+        return sec
+
+    for key, plan in plans.items():
+        if isinstance(plan, TensorPlan):
+            pattern = encode_pattern(
+                plan.positions if plan.positions is not None else np.empty(0, np.int64),
+                plan.numel,
+                plan.pattern,
+                plan.pattern_param,
+            )
+            vals, scales = encode_values(plan)
+            assert len(pattern) == plan.pattern_bytes and len(vals) == plan.value_bytes
+            entry = {
+                "name": key,
+                "shape": list(plan.shape),
+                "weight": True,
+                "stored_as": plan.value_encoding,
+                "pattern": {
+                    "kind": plan.pattern,
+                    "nnz": plan.nnz,
+                    "param": plan.pattern_param,
+                    "entries": plan.pattern_entries,
+                    "section": add(pattern),
+                },
+                "values": {
+                    "kind": "codes" if plan.quantized is not None else "raw",
+                    "dtype": "float32" if plan.quantized is not None else plan.value_encoding,
+                    "bits": plan.quant.bits if plan.quant is not None else None,
+                    "per_channel": plan.quant.per_channel if plan.quant is not None else False,
+                    "scale_dtype": str(plan.quantized.scales.dtype)
+                    if plan.quantized is not None
+                    else None,
+                    "section": add(vals),
+                    "scales": add(scales) if plan.quantized is not None else None,
+                },
+            }
+            rows.append(
+                {
+                    "name": key,
+                    "weight": True,
+                    "numel": plan.numel,
+                    "nnz": plan.nnz,
+                    **plan.summary(),
+                }
+            )
+        else:
+            dtype = _raw_name(plan)
+            data = plan.contiguous().numpy().astype(RAW_DTYPES[dtype][1], copy=False).tobytes()
+            entry = {
+                "name": key,
+                "shape": list(plan.shape),
+                "weight": False,
+                "stored_as": "raw",
+                "pattern": {
+                    "kind": "dense",
+                    "nnz": plan.numel(),
+                    "section": {"offset": len(payload), "length": 0},
+                },
+                "values": {"kind": "raw", "dtype": dtype, "section": add(data)},
+            }
+            rows.append(
+                {
+                    "name": key,
+                    "weight": False,
+                    "numel": plan.numel(),
+                    "nnz": int(torch.count_nonzero(plan)),
+                    "encoding": "dense",
+                    "values": dtype,
+                    "index_bytes": 0,
+                    "value_bytes": len(data),
+                    "scale_bytes": 0,
+                    "bytes": len(data),
+                }
+            )
+        tensors.append(entry)
+
+    header = FileHeader.model_validate(
+        {
+            "format": "admmz",
+            "model": model_name,
+            "model_args": dict(model_args),
+            "resized": {k: dict(v) for k, v in (resized or {}).items()},
+            "original_weights": original_weights,
+            "input_shape": list(input_shape) if input_shape is not None else None,
+            "metadata": dict(metadata or {}),
+            "tensors": tensors,
+            "payload_bytes": len(payload),
+        }
+    )
+    raw_header = json.dumps(header.model_dump(), separators=(",", ":")).encode()
+    packed = zlib.compress(raw_header, 9)
+    body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
+    blob = body + _CRC.pack(zlib.crc32(body))
+    atomic_write(path, lambda tmp: tmp.write_bytes(blob))
+    return FileSummary(header, len(blob), len(blob) - len(payload), rows)
+
+
+# -- reading --------------------------------------------------------------------------------
+def _fail(path: Path, why: str) -> ModelFormatError:
+    return ModelFormatError(f"{path}: {why}")
+
+
+def read_header(path: str | os.PathLike) -> tuple[FileHeader, bytes, int]:
+    """Check size, magic, version and checksum; return the header, payload and file size."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFormatError(f"{path}: no such file")
+    blob = path.read_bytes()
+    if len(blob) < _FIXED.size + _CRC.size:
+        raise _fail(path, f"only {len(blob)} bytes: too short to be an .admmz file (truncated?)")
+    magic, version, hlen = _FIXED.unpack_from(blob)
+    if magic != MAGIC:
+        raise _fail(path, "not an .admmz file (wrong magic bytes)")
+    if version != FORMAT_VERSION:
+        raise _fail(
+            path,
+            f"format version {version}, this admmcompress reads version {FORMAT_VERSION}: "
+            "export the model again with this version",
+        )
+    if _FIXED.size + hlen + _CRC.size > len(blob):
+        raise _fail(path, f"header of {hlen} bytes declared but the file is shorter (truncated)")
+    (crc,) = _CRC.unpack_from(blob, len(blob) - _CRC.size)
+    if zlib.crc32(blob[: -_CRC.size]) != crc:
+        raise _fail(path, "checksum mismatch: the file is corrupt or truncated")
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(blob[_FIXED.size : _FIXED.size + hlen], MAX_HEADER_BYTES)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise _fail(path, "header is larger than the limit or incomplete")
+        header = FileHeader.model_validate(json.loads(raw))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise _fail(path, f"header cannot be decoded ({e})") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _fail(path, f"invalid header at {where or 'top'}: {first['msg']}") from None
+    payload = blob[_FIXED.size + hlen : -_CRC.size]
+    if header.payload_bytes != len(payload):
+        raise _fail(
+            path, f"header declares {header.payload_bytes} payload bytes, found {len(payload)}"
+        )
+    return header, payload, len(blob)
+
+
+def _build(header: FileHeader, device: str | torch.device) -> nn.Module:
+    model = create_model(header.model, **header.model_args)
+    if header.resized:
+        resize_modules(model, header.resized)
+    return model.to(device)
+
+
+def _check_architecture(path: Path, header: FileHeader, max_params: int) -> None:
+    """Build the model on the meta device (no memory) and match every declared tensor."""
+    try:
+        with torch.device("meta"):
+            model = _build(header, "meta")
+    except Exception as e:  # any constructor error: the arguments do not fit the model
+        raise _fail(
+            path, f"cannot build model {header.model!r} from {header.model_args}: {e}"
+        ) from None
+    state = model.state_dict()
+    total = sum(t.numel() for t in state.values())
+    if total > max_params:
+        raise _fail(
+            path,
+            f"model declares {total:,} values, over the limit of {max_params:,} "
+            "(pass max_params to load a bigger model)",
+        )
+    declared = {t.name: t for t in header.tensors}
+    missing = sorted(set(state) - set(declared))
+    extra = sorted(set(declared) - set(state))
+    if missing or extra or len(declared) != len(header.tensors):
+        raise _fail(
+            path,
+            f"tensors do not match model {header.model!r}: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}",
+        )
+    for name, t in state.items():
+        if list(t.shape) != declared[name].shape:
+            raise _fail(path, f"{name} declared {declared[name].shape}, model has {list(t.shape)}")
+
+
+def _section(payload: bytes, sec: Section, what: str) -> bytes:
+    if sec.offset + sec.length > len(payload):
+        raise StorageError(f"{what} section lies outside the payload")
+    return payload[sec.offset : sec.offset + sec.length]
+
+
+def _decode_tensor(t: TensorHeader, payload: bytes) -> Tensor:
+    numel = int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1
+    positions = decode_pattern(
+        _section(payload, t.pattern.section, "pattern"),
+        numel,
+        t.pattern.nnz,
+        t.pattern.kind,
+        t.pattern.param,
+        t.pattern.entries,
+    )
+    count = numel if positions is None else positions.size
+    v = t.values
+    data = _section(payload, v.section, "values")
+    if v.kind == "raw":
+        torch_dtype, np_dtype = RAW_DTYPES[v.dtype]
+        if len(data) != count * np_dtype.itemsize:
+            raise StorageError(f"{count} {v.dtype} values need {count * np_dtype.itemsize} bytes")
+        values = np.frombuffer(data, np_dtype)
+        out_dtype = torch.float32 if t.weight else torch_dtype
+        if t.weight and v.dtype not in ("float32", "float16"):
+            raise StorageError("weights are stored as float32 or float16")
+    else:
+        if v.bits is None or v.scales is None or v.scale_dtype is None:
+            raise StorageError("quantized values need bits, scales and a scale dtype")
+        spec = QuantSpec(v.bits, v.per_channel)
+        nrows = t.shape[0] if spec.per_channel and t.shape else 1
+        scale_dtype = np.dtype("<f4") if v.scale_dtype == "float32" else np.dtype("<f8")
+        raw_scales = _section(payload, v.scales, "scales")
+        if len(raw_scales) != nrows * scale_dtype.itemsize:
+            raise StorageError(f"expected {nrows} scales")
+        scales = np.frombuffer(raw_scales, scale_dtype)
+        codes = signed_codes(unpack_uint(data, count, v.bits), spec)
+        flat_pos = np.arange(numel) if positions is None else positions
+        rows = flat_pos // max(1, numel // max(1, nrows))
+        values = decode_codes(codes, rows, scales)
+        out_dtype = torch.float32
+    if positions is None:
+        flat = torch.from_numpy(values.copy())
+    else:
+        flat = torch.zeros(numel, dtype=torch.from_numpy(values[:0].copy()).dtype)
+        flat[torch.from_numpy(positions)] = torch.from_numpy(values.copy())
+    return flat.to(out_dtype).reshape(t.shape)
+
+
+@dataclass
+class LoadedFile:
+    model: nn.Module
+    header: FileHeader
+    summary: FileSummary
+
+
+def read_admmz(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    max_params: int = DEFAULT_MAX_PARAMS,
+) -> LoadedFile:
+    """Validate and decode an ``.admmz`` file into its model (in eval mode) and sizes."""
+    path = Path(path)
+    header, payload, size = read_header(path)
+    _check_architecture(path, header, max_params)
+    state: dict[str, Tensor] = {}
+    rows = []
+    for t in header.tensors:
+        try:
+            state[t.name] = _decode_tensor(t, payload)
+        except StorageError as e:
+            raise _fail(path, f"tensor {t.name}: {e}") from None
+        p, v = t.pattern, t.values
+        value_bytes = v.section.length
+        scale_bytes = v.scales.length if v.scales is not None else 0
+        rows.append(
+            {
+                "name": t.name,
+                "weight": t.weight,
+                "numel": int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1,
+                "nnz": p.nnz,
+                "encoding": p.kind,
+                "pattern_param": p.param,
+                "values": f"{v.bits}-bit codes" if v.kind == "codes" else v.dtype,
+                "scale_dtype": v.scale_dtype,
+                "index_bytes": p.section.length,
+                "value_bytes": value_bytes,
+                "scale_bytes": scale_bytes,
+                "bytes": p.section.length + value_bytes + scale_bytes,
+            }
+        )
+    model = _build(header, "cpu")
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    return LoadedFile(model, header, FileSummary(header, size, size - len(payload), rows))
