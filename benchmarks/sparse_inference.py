@@ -1,0 +1,369 @@
+"""Sparse (CSR) against dense PyTorch CPU inference for the pruned LeNet-5 and LeNet-300-100.
+
+    python benchmarks/sparse_inference.py [--lenet5 PATH] [--lenet300 PATH] [--threads 1 2]
+
+For each model: whole-model batch-1 latency and batch-256 throughput, every Linear / Conv2d
+alone at batch 1 and 256 (its CSR twin is timed whatever its density), and the fully
+connected layers together with their ReLUs, which carry the issue's goal: at least 2x faster
+than dense at batch 1. The dense model is the loaded one with its masks applied (the pruned
+weights are stored as zeros); the sparse one is ``sparsify(model, --max-density)``.
+
+Timing: ``torch.inference_mode``, a warm-up, then ``--rounds`` rounds that interleave the
+variants being compared, each round timing a block of calls of about ``--block-ms``; the
+median per call is reported, and speed-ups are ratios within this one run, so that load from
+other processes hits both sides alike. Inputs are random: the work does not depend on values.
+
+Writes benchmarks/results/sparse_inference.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from admmcompress.export import load_model
+from admmcompress.sparse_inference import SparseConv2d, SparseLinear, density, sparsify
+from common import write_results
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {  # key: (label, default file, config that produces it)
+    "lenet5": ("LeNet-5", "runs/lenet5_record/model.safetensors", "lenet5_mnist_record.yaml"),
+    "lenet300": (
+        "LeNet-300-100",
+        "runs/lenet300_record/model.safetensors",
+        "lenet300_mnist_record.yaml",
+    ),
+}
+BIG_BATCH = 256
+GOAL = 2.0  # the issue: >= 2x faster than dense at batch 1 on the fully connected layers
+
+
+def measure(
+    fns: dict[str, Callable[[], object]], rounds: int, block_s: float
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one sample per round; the rounds interleave them."""
+    calls: dict[str, int] = {}
+    for name, fn in fns.items():
+        fn()  # first call: allocations, kernel selection, MKL handles
+        t0 = time.perf_counter()
+        n = 0
+        while n < 5 or time.perf_counter() - t0 < min(block_s, 0.05):
+            fn()
+            n += 1
+        per_call = (time.perf_counter() - t0) / n
+        calls[name] = max(1, math.ceil(block_s / per_call))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            fn, n = fns[name], calls[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[name].append((time.perf_counter() - t0) / n)
+    return samples
+
+
+def load_dense(key: str, path: Path) -> nn.Module:
+    saved = load_model(path)
+    if saved.model_name != key:
+        sys.exit(f"{path} holds a {saved.model_name!r} model, expected {key!r}")
+    model = saved.model.eval()
+    with torch.no_grad():  # the file stores hardened weights; applying the masks is a no-op
+        for name, mask in saved.masks.items():
+            model.get_submodule(name).weight.mul_(mask)
+    return model
+
+
+def layer_inputs(model: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """The input each Linear / Conv2d receives when ``model`` runs on ``x``."""
+    seen: dict[str, Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args, name=name: seen.setdefault(name, args[0]))
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: v.clone() for k, v in seen.items()}
+
+
+def fc_stack(model: nn.Module) -> nn.Sequential:
+    """The model's Linear layers in order with a ReLU between each (as in both LeNets)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    layers: list[nn.Module] = []
+    for i, lin in enumerate(linears):
+        layers += [lin] if i == 0 else [nn.ReLU(), lin]
+    return nn.Sequential(*layers).eval()
+
+
+def compare(
+    dense: Callable[[Tensor], Tensor],
+    sparse: Callable[[Tensor], Tensor],
+    x: Tensor,
+    args: argparse.Namespace,
+    extra: dict[str, Callable[[], object]] | None = None,
+) -> dict[str, Any]:
+    """Median seconds per call of ``dense(x)`` and ``sparse(x)`` (and of ``extra``)."""
+    fns: dict[str, Callable[[], object]] = {"dense": lambda: dense(x), "sparse": lambda: sparse(x)}
+    with torch.inference_mode():
+        err = (dense(x) - sparse(x)).abs().max().item()
+        s = measure({**fns, **(extra or {})}, args.rounds, args.block)
+    med = {k: statistics.median(v) for k, v in s.items()}
+    d, sp = med.pop("dense"), med.pop("sparse")
+    return {
+        "batch": x.shape[0],
+        "dense_s": d,
+        "sparse_s": sp,
+        "speedup": d / sp,
+        "extra_s": med,
+        "max_abs_diff": err,
+        "samples_s": s,
+    }
+
+
+def bench_model(key: str, dense: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
+    label = MODELS[key][0]
+    gen = torch.Generator().manual_seed(0)
+    inputs = {b: torch.randn(b, 1, 28, 28, generator=gen) for b in (1, BIG_BATCH)}
+    layers = {n: m for n, m in dense.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    sparse = sparsify(dense, args.max_density)
+    report = sparse.sparsify_report
+    convs = [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
+    variants = {f"sparsify(max_density={args.max_density})": sparse}
+    if convs:
+        variants["sparse fully connected layers only"] = sparsify(
+            dense, args.max_density, skip=convs
+        )
+        variants["every layer sparse"] = sparsify(dense, 1.0)
+    seen_sets: set[tuple[str, ...]] = set()
+    whole = []
+    for vname, vmodel in variants.items():
+        converted = tuple(vmodel.sparsify_report.converted)
+        if converted in seen_sets:
+            continue
+        seen_sets.add(converted)
+        for b, x in inputs.items():
+            row = compare(dense, vmodel, x, args)
+            whole.append({"variant": vname, "sparse_layers": list(converted), **row})
+            print(f"{label} whole, {vname}, batch {b}: {row['speedup']:.2f}x", flush=True)
+
+    per_layer = []
+    for b, x in inputs.items():
+        for name, inp in layer_inputs(dense, x).items():
+            layer = layers[name]
+            twin = (
+                SparseLinear.from_dense(layer)
+                if isinstance(layer, nn.Linear)
+                else SparseConv2d.from_dense(layer)
+            )
+            extra = None
+            if isinstance(layer, nn.Conv2d):  # im2col alone: the floor of SparseConv2d
+                k, d, p, st = layer.kernel_size, layer.dilation, layer.padding, layer.stride
+                extra = {"unfold": lambda inp=inp, k=k, d=d, p=p, st=st: F.unfold(inp, k, d, p, st)}
+            row = compare(layer, twin, inp, args, extra)
+            per_layer.append({"layer": name, **row})
+            print(f"{label} {name}, batch {b}: {row['speedup']:.2f}x", flush=True)
+
+    dense_fc = fc_stack(dense)
+    sparse_fc = sparsify(dense_fc, args.max_density)
+    fc_in = layer_inputs(dense, inputs[1])[next(n for n in layers if n not in convs)]
+    fc_rows = []
+    for b in (1, BIG_BATCH):
+        x = fc_in if b == 1 else torch.randn(b, fc_in.shape[1], generator=gen)
+        fc_rows.append(compare(dense_fc, sparse_fc, x, args))
+    print(f"{label} fc layers together, batch 1: {fc_rows[0]['speedup']:.2f}x", flush=True)
+
+    info = []
+    for name, layer in layers.items():
+        w = layer.weight
+        li = next(li for li in report.layers if li.name == name)
+        info.append(
+            {
+                "layer": name,
+                "shape": list(w.shape),
+                "density": density(w),
+                "nonzero": int(torch.count_nonzero(w)),
+                "weights": w.numel(),
+                "sparsified": li.sparse,
+                "reason": li.reason,
+            }
+        )
+    total = sum(i["weights"] for i in info)
+    nnz = sum(i["nonzero"] for i in info)
+    return {
+        "label": label,
+        "weights": total,
+        "nonzero": nnz,
+        "rate": total / nnz if nnz else math.inf,
+        "layers": info,
+        "whole": whole,
+        "per_layer": per_layer,
+        "fc_layers": fc_rows,
+        "fc_goal": GOAL,
+        "fc_goal_met": fc_rows[0]["speedup"] >= GOAL,
+    }
+
+
+def _us(s: float) -> str:
+    return f"{s * 1e6:,.1f} µs" if s < 1e-3 else f"{s * 1e3:,.2f} ms"
+
+
+def _cell(row: dict[str, Any]) -> tuple[str, str]:
+    """Latency at batch 1, throughput (images/s) at larger batches."""
+    if row["batch"] == 1:
+        return _us(row["dense_s"]), _us(row["sparse_s"])
+    b = row["batch"]
+    return f"{b / row['dense_s']:,.0f} img/s", f"{b / row['sparse_s']:,.0f} img/s"
+
+
+def _speed(row: dict[str, Any]) -> str:
+    s = row["speedup"]
+    return f"**{s:.2f}x (sparse slower)**" if s < 1 else f"{s:.2f}x"
+
+
+def model_table(r: dict[str, Any], threads: int, rounds: int) -> tuple[str, list[str]]:
+    losses: list[str] = []
+    t = f"{threads} thread" + ("s" if threads > 1 else "")
+    lines = [
+        f"### {r['label']}, {r['rate']:.0f}x ({r['nonzero']:,} of {r['weights']:,} weights), {t}",
+        "",
+        f"Batch 1: latency per call; batch {BIG_BATCH}: images per second. Median of {rounds} "
+        "interleaved rounds. Speed-up = dense time / sparse time.",
+        "",
+        "| what | batch | dense | sparse | speed-up |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+
+    def add(what: str, row: dict[str, Any]) -> None:
+        d, s = _cell(row)
+        lines.append(f"| {what} | {row['batch']} | {d} | {s} | {_speed(row)} |")
+        if row["speedup"] < 1:
+            losses.append(f"{r['label']} {what}, batch {row['batch']} ({row['speedup']:.2f}x)")
+
+    for row in r["whole"]:
+        add(f"whole model, {row['variant']}", row)
+    for row in r["fc_layers"]:
+        goal = ""
+        if row["batch"] == 1:
+            goal = f" (goal >= {GOAL:g}x: {'met' if r['fc_goal_met'] else 'NOT met'})"
+        add(f"fully connected layers together{goal}", row)
+    dens = {li["layer"]: li for li in r["layers"]}
+    for row in sorted(r["per_layer"], key=lambda row: row["batch"]):
+        li = dens[row["layer"]]
+        note = "" if li["sparsified"] else ", left dense by sparsify"
+        add(f"{row['layer']} alone (density {li['density']:.4f}{note})", row)
+        if "unfold" in row["extra_s"] and row["speedup"] < 1:
+            losses.append(
+                f"{r['label']} {row['layer']}, batch {row['batch']}: `F.unfold` alone takes "
+                f"{_us(row['extra_s']['unfold'])}, the whole dense convolution "
+                f"{_us(row['dense_s'])}"
+            )
+    lines += [
+        "",
+        "| layer | shape | non-zero | density | sparsify |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    for li in r["layers"]:
+        shape = "x".join(map(str, li["shape"]))
+        what = "CSR" if li["sparsified"] else f"dense: {li['reason']}"
+        lines.append(
+            f"| {li['layer']} | {shape} | {li['nonzero']:,} | {li['density']:.4f} | {what} |"
+        )
+    return "\n".join(lines), losses
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--lenet5", type=Path, default=REPO / MODELS["lenet5"][1])
+    ap.add_argument("--lenet300", type=Path, default=REPO / MODELS["lenet300"][1])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="e.g. --threads 1 2")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--block-ms", type=float, default=20.0, help="time per block of calls")
+    ap.add_argument("--max-density", type=float, default=0.3)
+    args = ap.parse_args()
+    args.block = args.block_ms / 1000
+
+    missing = []
+    for key in MODELS:
+        path = getattr(args, key)
+        if not path.is_file():
+            cfg = MODELS[key][2]
+            missing.append(
+                f"{path} not found. Produce it with\n"
+                f"    admmcompress run configs/{cfg} --out {Path(MODELS[key][1]).parent}\n"
+                f"or pass --{key} PATH to a saved {MODELS[key][0]} model.safetensors"
+            )
+    if missing:
+        print("\n".join(missing), file=sys.stderr)
+        sys.exit(2)
+
+    dense = {key: load_dense(key, getattr(args, key)) for key in MODELS}
+    threads_before = torch.get_num_threads()
+    results: dict[str, Any] = {}
+    sections: list[str] = []
+    losses: list[str] = []
+    goals: list[str] = []
+    for n in args.threads:
+        torch.set_num_threads(n)
+        for key, model in dense.items():
+            r = bench_model(key, model, args)
+            results[f"{key}@{n}"] = {
+                "threads": n,
+                "model": key,
+                "path": str(getattr(args, key)),
+                **r,
+            }
+            table, lost = model_table(r, n, args.rounds)
+            sections.append(table)
+            losses += [f"{item}, {n} thread(s)" for item in lost]
+            fc = r["fc_layers"][0]["speedup"]
+            met = "met" if r["fc_goal_met"] else "**not met**"
+            goals.append(f"{r['label']}, {n} thread(s): {fc:.2f}x, {met}")
+    summary = [
+        "## Goal: fully connected layers at batch 1 at least 2x faster than dense",
+        "",
+        *[f"- {g}" for g in goals],
+        "",
+        "## Where sparse loses",
+        "",
+        *([f"- {item}" for item in losses] or ["- nowhere in this run"]),
+        "",
+        "Why: at batch 1 a CSR product has a fixed cost per call (dispatch, an MKL handle) "
+        "that a small dense layer (10x100, 10x500, 100x300) does not exceed, so only the large "
+        "layers gain; the LeNet-300-100 stack is dominated by such calls. For convolutions at "
+        "large batches, `F.unfold` (im2col) writes a copy of the input per kernel tap and by "
+        "itself costs about as much as the dense (oneDNN) convolution. At batch > 1 a sparse "
+        "layer whose input comes from a dense layer also pays a transpose copy of that input.",
+        "",
+        "Machine load: this run may have shared the CPU with other jobs; the ratios come from "
+        "interleaved rounds, the absolute times are only indicative.",
+    ]
+    table = "\n\n".join([*sections, "\n".join(summary)])
+    config = {
+        "rounds": args.rounds,
+        "block_ms": args.block_ms,
+        "threads": args.threads,
+        "max_density": args.max_density,
+        "big_batch": BIG_BATCH,
+    }
+    write_results("sparse_inference", {"config": config, "results": results}, table)
+    torch.set_num_threads(threads_before)
+
+
+if __name__ == "__main__":
+    main()
