@@ -261,6 +261,22 @@ def test_compact_export_is_smaller_and_gives_equal_outputs(quant_run: Path, tmp_
     assert result.summary.dense_weight_bytes == 430500 * 4
 
 
+def test_eval_reads_admmz_files(
+    quant_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "small.admmz"
+    export(quant_run, out, compact=True)
+    capsys.readouterr()
+    assert main(["eval", str(quant_run), "--data-dir", str(DATA_DIR)]) == 0
+    full = capsys.readouterr().out
+    assert main(["eval", str(out), "--data-dir", str(DATA_DIR)]) == 0
+    small = capsys.readouterr().out
+    accuracy = [line for line in full.splitlines() if "test accuracy" in line]
+    assert accuracy == [line for line in small.splitlines() if "test accuracy" in line]
+    rate = float(small.split("rate")[1].split("x")[0])  # counted against the original 430,500
+    assert rate >= float(full.split("rate")[1].split("x")[0])
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None
     or importlib.util.find_spec("onnxscript") is None,

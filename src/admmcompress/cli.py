@@ -92,10 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "eval",
         help="check and evaluate a compressed model",
-        description="Load a compressed model (a run folder or its model.safetensors), check "
-        "that every pruned weight is zero, and measure test accuracy.",
+        description="Load a compressed model (a run folder, its model.safetensors or an "
+        ".admmz file), check that every pruned weight is zero, and measure test accuracy.",
     )
-    ev.add_argument("model", type=Path, help="run folder or model.safetensors file")
+    ev.add_argument("model", type=Path, help="run folder, model.safetensors or .admmz file")
     ev.add_argument("--data-dir", type=Path, help="folder holding the datasets")
     ev.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
     ev.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
@@ -242,6 +242,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .admmz import MAGIC, read_admmz
     from .data import load_dataset, resolve_data_root
     from .export import load_model
     from .report import layer_table, pruning_rates
@@ -250,24 +251,46 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     _setup_logging()
     path = args.model / "model.safetensors" if args.model.is_dir() else args.model
-    saved = load_model(path)
-    modules = dict(saved.model.named_modules())
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    with open(path, "rb") as f:
+        is_admmz = f.read(len(MAGIC)) == MAGIC
+    if is_admmz:  # no masks in the file: its zeros are the pattern itself
+        loaded = read_admmz(path)
+        model, model_name, masks = loaded.model, loaded.header.model, {}
+        metadata = loaded.header.metadata
+        pruned = {t.name.removesuffix(".weight") for t in loaded.header.tensors if t.weight}
+    else:
+        saved = load_model(path)
+        model, model_name, masks, metadata = (
+            saved.model,
+            saved.model_name,
+            saved.masks,
+            saved.metadata,
+        )
+        pruned = set(masks)
+    modules = dict(model.named_modules())
     problems = [
         f"{name}: {why}"
-        for name, mask in saved.masks.items()
+        for name, mask in masks.items()
         if (why := revived_weights(modules[name].weight.detach(), mask)) is not None
     ]
     if problems:
         raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
-    dataset = args.dataset or saved.metadata.get("dataset", "").strip('"') or "mnist"
+    dataset = args.dataset or metadata.get("dataset", "").strip('"') or "mnist"
     data = load_dataset(dataset, resolve_data_root(args.data_dir))
-    loss, acc = evaluate(saved.model, data.test, args.batch_size)
-    rows = layer_table(saved.model, {})
+    loss, acc = evaluate(model, data.test, args.batch_size)
+    rows = layer_table(model, {})
     for r in rows:
-        r["pruned"] = r["name"] in saved.masks
+        r["pruned"] = r["name"] in pruned and r["nonzero"] < r["params"]
     rates = pruning_rates(rows)
-    print(f"model       {saved.model_name} ({path})")
-    print(f"masks       verified for {len(saved.masks)} pruned layers")
+    original = loaded.header.original_weights if is_admmz else None
+    if original:  # a compact model: count against the weights it had before compaction
+        nonzero = sum(r["nonzero"] for r in rows)
+        rates = {"pruning_rate": original / nonzero, "overall_rate": original / nonzero}
+    print(f"model       {model_name} ({path})")
+    if masks:
+        print(f"masks       verified for {len(masks)} pruned layers")
     rate, overall = rates["pruning_rate"], rates["overall_rate"]
     print(f"rate        {rate:.1f}x (pruned layers), {overall:.1f}x (all)")
     print(
