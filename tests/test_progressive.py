@@ -57,6 +57,7 @@ TWO_STEPS = {
             "name": "squeeze",
             "target": {"rate": 40, "layers": ["conv2", "fc1"], "samples": 500},
             "rules": {"fc2": {"quantize": "ternary"}},
+            "retrain": {"distill": {"weight": 0.5}},  # its teacher must survive the kills
         },
     ],
 }

@@ -56,12 +56,28 @@ class SchedulerConfig(_Strict):
     min_lr: float = Field(0.0, ge=0, description="final lr for 'cosine'")
 
 
+class DistillConfig(_Strict):
+    """Knowledge distillation: also match the dense model's softened outputs.
+
+    A heavily pruned network underfits; the dense model's full output distribution carries
+    more signal per image than the label alone.
+    """
+
+    weight: float = Field(0.5, gt=0, le=1, description="share of the distillation term")
+    temperature: float = Field(4.0, gt=0, description="softmax temperature of both models")
+
+
 class PhaseConfig(_Strict):
     """A training phase: how many epochs and with which optimizer and schedule."""
 
     epochs: int = Field(0, ge=0)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    distill: DistillConfig | None = Field(
+        None,
+        description="learn from the model as it was before the first step (after pretraining "
+        "or init) too; not for pretraining",
+    )
 
 
 class RetrainConfig(PhaseConfig):
@@ -385,6 +401,11 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _rules_or_steps(self) -> RunConfig:
+        if self.pretrain.distill is not None:
+            raise ValueError(
+                "pretrain.distill: pretraining has no teacher; distill in the admm or retrain "
+                "phases (the teacher is the pretrained model)"
+            )
         if self.steps is not None:
             if self.rules or self.target is not None:
                 raise ValueError(

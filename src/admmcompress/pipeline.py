@@ -46,6 +46,7 @@ PHASES = ("pretrain", "admm", "retrain")
 CHECKPOINT = "checkpoint.pt"
 CONFIG_COPY = "config.yaml"
 MODEL_FILE = "model.safetensors"
+TEACHER_FILE = "teacher.safetensors"  # the model before step 1, kept when a phase distills
 LOG_FILE = "run.log"
 STEPS_DIR = "steps"  # each finished step's model, <name>.safetensors
 
@@ -184,6 +185,7 @@ class Pipeline:
         # Full-precision weights of quantized layers just before hardening: where the
         # retraining of those layers starts (STE shadows, or snap-and-freeze).
         self.quant_init: dict[str, Tensor] = {}
+        self.teacher: nn.Module | None = None  # loaded from TEACHER_FILE when a phase distills
         self.generator = torch.Generator()
         self._session_start = time.perf_counter()
         self._wall_base = 0.0  # wall time spent by earlier sessions of a resumed run
@@ -388,6 +390,8 @@ class Pipeline:
                     progress=self.cfg.runtime.progress,
                     desc=label,
                     augment=self.cfg.data.augment,
+                    teacher=self._teacher() if pcfg.distill else None,
+                    distill=pcfg.distill,
                 )
                 scheduler.step()
                 record: dict[str, Any] = {"phase": name, "epoch": s.epoch + 1, "lr": lr}
@@ -591,9 +595,33 @@ class Pipeline:
             pcfg = (
                 self.cfg.pretrain if s.phase == "pretrain" else getattr(self.steps[s.step], s.phase)
             )
+            if s.phase == "admm" and s.step == 0 and s.epoch == 0:
+                self._keep_teacher()
             self._run_phase(s.phase, pcfg, ckpt if mid_phase else None)
             ckpt = None
         return self._finalize()
+
+    def _keep_teacher(self) -> None:
+        """Save the model as step 1 starts, if any phase will distill from it."""
+        uses = any(p.distill for st in self.steps for p in (st.admm, st.retrain))
+        path = self.out / TEACHER_FILE
+        if uses and not path.is_file():
+            save_model(
+                path, self.model, {}, model_name=self.cfg.model.name, model_args=self.cfg.model.args
+            )
+
+    def _teacher(self) -> nn.Module:
+        if self.teacher is None:
+            path = self.out / TEACHER_FILE
+            if not path.is_file():
+                raise RunFolderError(
+                    f"{path} is missing: distillation was turned on after the run's first step "
+                    "began, so the model it learns from (the one before step 1) was not kept. "
+                    "Start a new run, or drop 'distill'"
+                )
+            teacher = load_model(path, self.device).model
+            self.teacher = teacher.eval().requires_grad_(False)
+        return self.teacher
 
     def _scan_split(self) -> Split:
         """Training images the sensitivity scan scores on (never the test set)."""

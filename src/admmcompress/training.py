@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .augment import augment_batch
-from .config import AugmentConfig, OptimizerConfig, SchedulerConfig
+from .config import AugmentConfig, DistillConfig, OptimizerConfig, SchedulerConfig
 from .data import Split, iterate_batches, num_batches
 
 
@@ -73,12 +73,19 @@ def train_epoch(
     progress: bool = True,
     desc: str = "train",
     augment: AugmentConfig | None = None,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
 ) -> EpochStats:
     """One pass over ``split`` in shuffled mini-batches.
 
     ``penalty`` (differentiable) is added to every loss; ``after_backward`` runs between
-    ``backward()`` and ``optimizer.step()``, e.g. ``ADMM.add_penalty_grad_``.
+    ``backward()`` and ``optimizer.step()``, e.g. ``ADMM.add_penalty_grad_``. With a
+    ``teacher`` and ``distill``, the objective mixes the cross entropy with the
+    temperature-scaled KL divergence to the teacher's outputs (Hinton et al. 2015); the
+    reported loss stays the cross entropy.
     """
+    if (teacher is None) != (distill is None):
+        raise ValueError("distillation needs both a teacher and its settings")
     model.train()
     start = time.perf_counter()
     total = num_batches(len(split), batch_size)
@@ -95,9 +102,20 @@ def train_epoch(
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         objective = loss
+        if teacher is not None and distill is not None:
+            with torch.no_grad():
+                target = F.log_softmax(teacher(x) / distill.temperature, dim=1)
+            kd = F.kl_div(
+                F.log_softmax(logits / distill.temperature, dim=1),
+                target,
+                reduction="batchmean",
+                log_target=True,
+            )
+            w = distill.weight
+            objective = (1 - w) * loss + w * distill.temperature**2 * kd
         if penalty is not None:
             pen = penalty()
-            objective = loss + pen
+            objective = objective + pen
             pen_sum += pen.detach() * y.numel()
         if not torch.isfinite(objective):
             raise NonFiniteLossError(
