@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from .checkpoint import atomic_write
 from .compact import resize_modules
 from .constraints import fit_binary, fit_ternary, fit_uniform
+from .export import architecture_args
 from .models import create_model
 from .selection import compressible_layers
 from .storage import (
@@ -316,7 +317,7 @@ def save_admmz(
         {
             "format": "admmz",
             "model": model_name,
-            "model_args": dict(model_args),
+            "model_args": architecture_args(model_args),
             "resized": {k: dict(v) for k, v in (resized or {}).items()},
             "original_weights": original_weights,
             "input_shape": list(input_shape) if input_shape is not None else None,
@@ -389,6 +390,8 @@ def _build(header: FileHeader, device: str | torch.device) -> nn.Module:
 
 def _check_architecture(path: Path, header: FileHeader, max_params: int) -> None:
     """Build the model on the meta device (no memory) and match every declared tensor."""
+    if "weights" in header.model_args:
+        raise _fail(path, "its model arguments name a weights file, which is not allowed")
     try:
         with torch.device("meta"):
             model = _build(header, "meta")

@@ -34,6 +34,12 @@ class SavedModel:
     metadata: dict[str, str]
 
 
+def architecture_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments that shape a model: a ``weights`` file is left out, the saved tensors
+    replace it (and a model file must never make its reader open another file)."""
+    return {k: v for k, v in model_args.items() if k != "weights"}
+
+
 def save_model(
     path: str | os.PathLike,
     model: nn.Module,
@@ -50,7 +56,7 @@ def save_model(
     metadata = {
         "format": MODEL_FORMAT,
         "model": model_name,
-        "model_args": json.dumps(dict(model_args), sort_keys=True),
+        "model_args": json.dumps(architecture_args(model_args), sort_keys=True),
     }
     for k, v in (extra or {}).items():
         metadata[k] = v if isinstance(v, str) else json.dumps(v, sort_keys=True)
@@ -75,6 +81,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         )
     try:
         model_args = json.loads(metadata["model_args"])
+        if "weights" in model_args:
+            raise ValueError("its model arguments name a weights file, which is not allowed")
         model = create_model(metadata["model"], **model_args)
     except (KeyError, ValueError, TypeError) as e:
         raise ModelFileError(f"{path}: cannot rebuild the model from its metadata: {e}") from None
