@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -204,7 +205,8 @@ def _shape(text: str) -> tuple[int, ...]:
 
 def _setup_logging() -> None:
     """Console logging; a run adds its own run.log once its folder is known to be its own."""
-    log.setLevel(logging.INFO)
+    # under torchrun only rank 0 speaks, unless something goes wrong
+    log.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     log.propagate = False
     for h in list(log.handlers):
         log.removeHandler(h)

@@ -24,6 +24,15 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, PhaseConfig, RuleConfig, RunConfig, StepConfig, config_to_yaml
 from .constraints import Constraint, quantizer_of
 from .data import Dataset, Split, load_dataset, resolve_data_root
+from .distributed import (
+    SINGLE,
+    DistContext,
+    broadcast_buffers,
+    broadcast_module,
+    check_identical,
+    init_from_env,
+    shutdown,
+)
 from .export import load_model, save_model
 from .masking import MaskEnforcer
 from .models import create_model
@@ -90,6 +99,8 @@ def setup_runtime(cfg: RunConfig) -> torch.device:
         cfg.runtime.device == "auto" and torch.cuda.is_available()
     )
     device = torch.device("cuda" if use_cuda else "cpu")
+    if use_cuda and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if cfg.runtime.deterministic:
         if use_cuda:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -186,6 +197,7 @@ class Pipeline:
         # retraining of those layers starts (STE shadows, or snap-and-freeze).
         self.quant_init: dict[str, Tensor] = {}
         self.teacher: nn.Module | None = None  # loaded from TEACHER_FILE when a phase distills
+        self.dist: DistContext = SINGLE
         self.generator = torch.Generator()
         self._session_start = time.perf_counter()
         self._wall_base = 0.0  # wall time spent by earlier sessions of a resumed run
@@ -229,14 +241,26 @@ class Pipeline:
         return ckpt
 
     def _setup(self) -> dict[str, Any] | None:
-        ckpt = self._check_folder()
-        # Only now, with the folder known to be ours, does the run write into it.
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._log_handler = logging.FileHandler(self.out / LOG_FILE)
-        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(self._log_handler)
-        log.info("admmcompress %s: run %r in %s", __version__, self.cfg.name, self.out)
         self.device = setup_runtime(self.cfg)
+        self.dist = init_from_env(self.device.type == "cuda")
+        self.dist.barrier()  # every rank checks the folder before rank 0 writes to it
+        ckpt = self._check_folder()
+        self.dist.barrier()
+        # Only now, with the folder known to be ours, does the run write into it.
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._log_handler = logging.FileHandler(self.out / LOG_FILE)
+            self._log_handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+            )
+            log.addHandler(self._log_handler)
+        log.info("admmcompress %s: run %r in %s", __version__, self.cfg.name, self.out)
+        if self.dist.enabled:
+            log.info(
+                "data parallel over %d processes (global batch %d)",
+                self.dist.world_size,
+                self.cfg.data.batch_size,
+            )
         torch.manual_seed(self.cfg.seed)
         self.generator.manual_seed(self.cfg.seed + 1)
         self.model = create_model(self.cfg.model.name, **self.cfg.model.args)
@@ -246,8 +270,10 @@ class Pipeline:
         if ckpt is None and self.cfg.init:
             self._load_init(Path(self.cfg.init))
         self.model.to(self.device)
+        broadcast_module(self.model, self.dist)
         self.data = load_run_data(self.cfg, self.data_dir, self.device)
-        (self.out / CONFIG_COPY).write_text(config_to_yaml(self.cfg))
+        if self.dist.is_main:
+            (self.out / CONFIG_COPY).write_text(config_to_yaml(self.cfg))
         return ckpt
 
     def _load_init(self, path: Path) -> None:
@@ -264,6 +290,8 @@ class Pipeline:
     def _save(self, extra: dict[str, Any]) -> None:
         s = self.state
         s.seconds["wall"] = self._wall_seconds()
+        if not self.dist.is_main:
+            return
         save_checkpoint(
             self.out / CHECKPOINT,
             {
@@ -321,7 +349,7 @@ class Pipeline:
 
     # -- phases -------------------------------------------------------------------------------
     def _evaluate(self) -> tuple[float, float]:
-        return evaluate(self.model, self.data.test, self.cfg.data.eval_batch_size)
+        return evaluate(self.model, self.data.test, self.cfg.data.eval_batch_size, self.dist)
 
     def _run_phase(self, name: str, pcfg: PhaseConfig, ckpt: dict[str, Any] | None) -> None:
         s = self.state
@@ -387,12 +415,14 @@ class Pipeline:
                     batch_size=self.cfg.data.batch_size,
                     generator=self.generator,
                     after_backward=after_backward,
-                    progress=self.cfg.runtime.progress,
+                    progress=self.cfg.runtime.progress and self.dist.is_main,
                     desc=label,
                     augment=self.cfg.data.augment,
                     teacher=self._teacher() if pcfg.distill else None,
                     distill=pcfg.distill,
+                    dist=self.dist,
                 )
+                broadcast_buffers(self.model, self.dist)  # BatchNorm running stats of rank 0
                 scheduler.step()
                 record: dict[str, Any] = {"phase": name, "epoch": s.epoch + 1, "lr": lr}
                 if name != "pretrain":
@@ -404,6 +434,13 @@ class Pipeline:
                     t0 = time.perf_counter()
                     residuals = admm.update()
                     record["admm_update_seconds"] = time.perf_counter() - t0
+                    if self.dist.enabled:
+                        zu = {
+                            f"{n}.{k}": layer[k]
+                            for n, layer in admm.state_dict()["layers"].items()
+                            for k in ("z", "u")
+                        }
+                        check_identical(zu, self.dist, "ADMM state (Z, U)")
                     record["residuals"] = {
                         k: {
                             "primal": r.primal,
@@ -566,6 +603,7 @@ class Pipeline:
         try:
             return self._run()
         finally:
+            shutdown()
             # flush-denormal is process-wide processor state; leave the process as found
             # (torch starts with it off and offers no getter).
             torch.set_flush_denormal(False)
@@ -605,10 +643,11 @@ class Pipeline:
         """Save the model as step 1 starts, if any phase will distill from it."""
         uses = any(p.distill for st in self.steps for p in (st.admm, st.retrain))
         path = self.out / TEACHER_FILE
-        if uses and not path.is_file():
+        if uses and not path.is_file() and self.dist.is_main:
             save_model(
                 path, self.model, {}, model_name=self.cfg.model.name, model_args=self.cfg.model.args
             )
+        self.dist.barrier()  # the other ranks read it from the (shared) run folder
 
     def _teacher(self) -> nn.Module:
         if self.teacher is None:
@@ -669,6 +708,8 @@ class Pipeline:
             )
 
     def _save_model(self, path: Path) -> None:
+        if not self.dist.is_main:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         save_model(
             path,
@@ -706,7 +747,9 @@ class Pipeline:
             wall_seconds=self._wall_seconds(),
             steps=self.state.steps,
         )
-        write_report(report, self.out)
+        if self.dist.is_main:
+            write_report(report, self.out)
+        self.dist.barrier()
         log.info(
             "done: pruning rate %.1fx, test accuracy %.4f; results in %s",
             report["pruning_rate"],

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .augment import augment_batch
 from .config import AugmentConfig, DistillConfig, OptimizerConfig, SchedulerConfig
 from .data import Split, iterate_batches, num_batches
+from .distributed import SINGLE, DistContext, all_reduce_gradients, all_reduce_sum
 
 
 class NonFiniteLossError(RuntimeError):
@@ -75,6 +76,8 @@ def train_epoch(
     augment: AugmentConfig | None = None,
     teacher: nn.Module | None = None,
     distill: DistillConfig | None = None,
+    dist: DistContext = SINGLE,
+    params: list[nn.Parameter] | None = None,
 ) -> EpochStats:
     """One pass over ``split`` in shuffled mini-batches.
 
@@ -83,6 +86,10 @@ def train_epoch(
     ``teacher`` and ``distill``, the objective mixes the cross entropy with the
     temperature-scaled KL divergence to the teacher's outputs (Hinton et al. 2015); the
     reported loss stays the cross entropy.
+
+    With ``dist`` (several ranks), each rank trains on its slice of every global batch and
+    the gradients of ``params`` (default: the model's) are summed over ranks before
+    ``after_backward``; see ``distributed``.
     """
     if (teacher is None) != (distill is None):
         raise ValueError("distillation needs both a teacher and its settings")
@@ -94,14 +101,21 @@ def train_epoch(
     correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
     bar = tqdm(total=total, desc=desc, leave=False, disable=not progress, unit="batch")
     seen = 0
+    synced = list(model.parameters()) if params is None else params
     for step, (x, y) in enumerate(
         iterate_batches(split, batch_size, shuffle=True, generator=generator)
     ):
         if augment is not None and (augment.shift or augment.hflip):
             x = augment_batch(x, augment.shift, augment.hflip, generator)
+        global_n = y.numel()
+        if dist.enabled:  # every rank drew the same global batch: keep this rank's slice
+            rows = dist.shard(global_n)
+            x, y = x[rows], y[rows]
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        objective = loss
+        loss = F.cross_entropy(logits, y) if y.numel() else logits.sum() * 0.0
+        # summed over ranks, the scaled slice losses give the global batch's mean loss
+        scale = y.numel() * dist.world_size / global_n
+        objective = loss * scale
         if teacher is not None and distill is not None:
             with torch.no_grad():
                 target = F.log_softmax(teacher(x) / distill.temperature, dim=1)
@@ -112,7 +126,7 @@ def train_epoch(
                 log_target=True,
             )
             w = distill.weight
-            objective = (1 - w) * loss + w * distill.temperature**2 * kd
+            objective = ((1 - w) * loss + w * distill.temperature**2 * kd) * scale
         if penalty is not None:
             pen = penalty()
             objective = objective + pen
@@ -126,6 +140,10 @@ def train_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        if dist.enabled:
+            all_reduce_gradients(synced, dist)
+            for p in synced:  # the all-reduce summed world_size copies of the mean
+                p.grad.div_(dist.world_size)
         if after_backward is not None:
             after_backward()
         optimizer.step()
@@ -139,23 +157,42 @@ def train_epoch(
                     loss=f"{float(loss_sum) / seen:.4f}", acc=f"{float(correct) / seen:.4f}"
                 )
     bar.close()
+    totals = all_reduce_sum(
+        torch.stack(
+            [
+                loss_sum,
+                pen_sum,
+                correct.double(),
+                torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64),
+            ]
+        ),
+        dist,
+    )
+    loss_sum, pen_sum, correct_f, seen_f = (float(v) for v in totals)
     return EpochStats(
-        loss=float(loss_sum) / seen,
-        penalty=float(pen_sum) / seen,
-        accuracy=float(correct) / seen,
+        loss=loss_sum / seen_f,
+        penalty=pen_sum / seen_f,
+        accuracy=correct_f / seen_f,
         seconds=time.perf_counter() - start,
     )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> tuple[float, float]:
-    """(mean cross-entropy loss, accuracy in 0..1) over ``split``."""
+def evaluate(
+    model: nn.Module, split: Split, batch_size: int = 1000, dist: DistContext = SINGLE
+) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy in 0..1) over ``split`` (shared out over ranks)."""
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
-    for x, y in iterate_batches(split, batch_size, shuffle=False):
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(dim=1) == y).sum()
     n = len(split)
-    return float(loss_sum) / n, float(correct) / n
+    if dist.enabled:
+        rows = dist.shard(n)
+        split = Split(split.x[rows], split.y[rows])
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    correct = torch.zeros((), dtype=torch.float64, device=split.x.device)
+    if len(split):
+        for x, y in iterate_batches(split, batch_size, shuffle=False):
+            logits = model(x)
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(dim=1) == y).sum()
+    totals = all_reduce_sum(torch.stack([loss_sum, correct]), dist)
+    return float(totals[0]) / n, float(totals[1]) / n
