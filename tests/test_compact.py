@@ -181,25 +181,43 @@ class ResidualNet(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
-def test_residual_add_pins_its_producers() -> None:
+@pytest.mark.parametrize("coupled", [False, True], ids=["one_producer", "both_producers"])
+def test_residual_add_couples_its_producers(coupled: bool) -> None:
+    """conv0 and conv2 meet in ``x + y``: one channel group, read by conv1 and fc1. This test
+    used to check that the add pins both producers; with channel groups a channel that both
+    have pruned now goes (channel 5: conv0's constant is clipped to 0 by its ReLU, so the
+    padded conv1 reads 0, and the sum's constant relu(0 + 0.3) folds into fc1's bias), while
+    channels pruned in one producer only (0 and 1 in conv0, 2 and 3 in conv2) stay."""
     torch.manual_seed(4)
     model = ResidualNet().eval()
     with torch.no_grad():
-        model.conv0.weight[[0, 1]] = 0  # feeds the add: pinned
-        model.conv2.weight[[2, 3]] = 0  # feeds the add: pinned
+        model.conv0.weight[[0, 1]] = 0  # conv2 still writes these: kept
+        model.conv2.weight[[2, 3]] = 0  # conv0 still writes these: kept
         model.conv1.weight[4] = 0  # inside the block: a clean conv1 -> conv2 path
         model.conv1.bias[4] = 0.0
         model.fc2.weight[:, 3] = 0
+        if coupled:
+            model.conv0.weight[5] = 0
+            model.conv0.bias[5] = -0.1
+            model.conv2.weight[5] = 0
+            model.conv2.bias[5] = 0.3
     x = torch.randn(2, 3, 6, 6)
 
     result = compact_model(model, x)
 
-    assert result.sizes == {
+    expected = {
         "conv1": {"out_channels": 7},
         "conv2": {"in_channels": 7},
         "fc1": {"out_features": 15},
         "fc2": {"in_features": 15},
     }
+    if coupled:
+        expected["conv0"] = {"out_channels": 7}
+        expected["conv1"]["in_channels"] = 7
+        expected["conv2"]["out_channels"] = 7
+        expected["fc1"]["in_features"] = 7
+        assert result.kept["conv2"]["out"] == result.kept["conv0"]["out"] == [0, 1, 2, 3, 4, 6, 7]
+    assert result.sizes == expected
     assert_same_outputs(result, model, x)
 
 
