@@ -27,6 +27,8 @@ def random_shift(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # [b, w]
     batch = torch.arange(b, device=x.device)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [b, h, w, c]
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return out.permute(0, 3, 1, 2)  # already NHWC in memory: keep it
     return out.permute(0, 3, 1, 2).contiguous()
 
 

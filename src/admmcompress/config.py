@@ -338,6 +338,14 @@ class RuntimeConfig(_Strict):
         description="treat denormal floats as zero on CPU: ADMM drives many weights and "
         "optimizer moments towards zero, and denormal arithmetic can slow an epoch 5x",
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16: forward passes under bfloat16 autocast (weights, gradients, ADMM "
+        "state and projections stay fp32); about 2x faster on recent GPUs",
+    )
+    channels_last: bool = Field(
+        False, description="NHWC memory layout for conv models: faster convolutions on GPUs"
+    )
 
 
 class RunConfig(_Strict):

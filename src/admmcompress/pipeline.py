@@ -109,6 +109,17 @@ def setup_runtime(cfg: RunConfig) -> torch.device:
     return device
 
 
+def _channels_last(data: Dataset) -> Dataset:
+    """Images stored NHWC once, so that every batch reaches the convolutions in that layout."""
+
+    def nhwc(split: Split) -> Split:
+        if split.x.dim() != 4:
+            return split
+        return Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
+
+    return Dataset(data.name, nhwc(data.train), nhwc(data.test), data.num_classes, data.input_shape)
+
+
 def layer_constraints(model: nn.Module, cfg: RunConfig) -> dict[str, Constraint]:
     """The first step's explicit rules as one constraint per layer (raises on bad rules)."""
     rules = cfg.step_list()[0].rules
@@ -272,6 +283,9 @@ class Pipeline:
         self.model.to(self.device)
         broadcast_module(self.model, self.dist)
         self.data = load_run_data(self.cfg, self.data_dir, self.device)
+        if self.cfg.runtime.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.data = _channels_last(self.data)
         if self.dist.is_main:
             (self.out / CONFIG_COPY).write_text(config_to_yaml(self.cfg))
         return ckpt
@@ -348,8 +362,18 @@ class Pipeline:
         log.info("resuming %s at %s epoch %d", self.out, where, self.state.epoch + 1)
 
     # -- phases -------------------------------------------------------------------------------
+    @property
+    def _autocast(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.cfg.runtime.precision == "bf16" else None
+
     def _evaluate(self) -> tuple[float, float]:
-        return evaluate(self.model, self.data.test, self.cfg.data.eval_batch_size, self.dist)
+        return evaluate(
+            self.model,
+            self.data.test,
+            self.cfg.data.eval_batch_size,
+            self.dist,
+            autocast=self._autocast,
+        )
 
     def _run_phase(self, name: str, pcfg: PhaseConfig, ckpt: dict[str, Any] | None) -> None:
         s = self.state
@@ -421,6 +445,7 @@ class Pipeline:
                     teacher=self._teacher() if pcfg.distill else None,
                     distill=pcfg.distill,
                     dist=self.dist,
+                    autocast=self._autocast,
                 )
                 broadcast_buffers(self.model, self.dist)  # BatchNorm running stats of rank 0
                 scheduler.step()

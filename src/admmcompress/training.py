@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,7 @@ def train_epoch(
     distill: DistillConfig | None = None,
     dist: DistContext = SINGLE,
     params: list[nn.Parameter] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> EpochStats:
     """One pass over ``split`` in shuffled mini-batches.
 
@@ -89,7 +92,8 @@ def train_epoch(
 
     With ``dist`` (several ranks), each rank trains on its slice of every global batch and
     the gradients of ``params`` (default: the model's) are summed over ranks before
-    ``after_backward``; see ``distributed``.
+    ``after_backward``; see ``distributed``. ``autocast`` (e.g. ``torch.bfloat16``) runs the
+    forward passes and losses under autocast; the ADMM penalty stays in full precision.
     """
     if (teacher is None) != (distill is None):
         raise ValueError("distillation needs both a teacher and its settings")
@@ -111,16 +115,17 @@ def train_epoch(
         if dist.enabled:  # every rank drew the same global batch: keep this rank's slice
             rows = dist.shard(global_n)
             x, y = x[rows], y[rows]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y) if y.numel() else logits.sum() * 0.0
+        with _autocast(x, autocast):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y) if y.numel() else logits.sum() * 0.0
         # summed over ranks, the scaled slice losses give the global batch's mean loss
         scale = y.numel() * dist.world_size / global_n
         objective = loss * scale
         if teacher is not None and distill is not None:
-            with torch.no_grad():
-                target = F.log_softmax(teacher(x) / distill.temperature, dim=1)
+            with torch.no_grad(), _autocast(x, autocast):
+                target = F.log_softmax(teacher(x).float() / distill.temperature, dim=1)
             kd = F.kl_div(
-                F.log_softmax(logits / distill.temperature, dim=1),
+                F.log_softmax(logits.float() / distill.temperature, dim=1),
                 target,
                 reduction="batchmean",
                 log_target=True,
@@ -177,9 +182,19 @@ def train_epoch(
     )
 
 
+def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=x.device.type, dtype=dtype)
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: Split, batch_size: int = 1000, dist: DistContext = SINGLE
+    model: nn.Module,
+    split: Split,
+    batch_size: int = 1000,
+    dist: DistContext = SINGLE,
+    autocast: torch.dtype | None = None,
 ) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy in 0..1) over ``split`` (shared out over ranks)."""
     model.eval()
@@ -191,7 +206,8 @@ def evaluate(
     correct = torch.zeros((), dtype=torch.float64, device=split.x.device)
     if len(split):
         for x, y in iterate_batches(split, batch_size, shuffle=False):
-            logits = model(x)
+            with _autocast(x, autocast):
+                logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
     totals = all_reduce_sum(torch.stack([loss_sum, correct]), dist)
