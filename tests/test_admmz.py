@@ -261,6 +261,22 @@ def test_compact_export_is_smaller_and_gives_equal_outputs(quant_run: Path, tmp_
     assert result.summary.dense_weight_bytes == 430500 * 4
 
 
+def test_a_compact_file_exports_again(quant_run: Path, tmp_path: Path) -> None:
+    """Re-exporting (or compacting again) an already compact .admmz keeps its layer sizes."""
+    first = tmp_path / "small.admmz"
+    export(quant_run, first, compact=True)
+    x = torch.randn(4, 1, 28, 28)
+    want = admmcompress.load(first)(x)
+    for kw in ({}, {"compact": True}, {"values": "float32"}):
+        out = tmp_path / f"again{len(kw)}{'c' if kw.get('compact') else ''}.admmz"
+        result = export(first, out, **kw)
+        assert result.summary is not None
+        assert result.summary.dense_weight_bytes == 430500 * 4  # the original's, still
+        torch.testing.assert_close(admmcompress.load(out)(x), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="is the file being exported"):
+        export(first, first)
+
+
 def test_eval_reads_admmz_files(
     quant_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -401,6 +417,26 @@ def test_absurd_declared_sizes_are_refused_without_allocating(
         h["model"] = "resnet9000"
 
     _refused(tmp_path, _with_header(good_file, unknown_model), "cannot build model")
+
+    def enormous_number(h: dict) -> None:
+        h["payload_bytes"] = 0
+
+    blob = _with_header(good_file, enormous_number)
+    magic, version, hlen = struct.unpack_from("<8sII", blob)
+    text = zlib.decompress(blob[16 : 16 + hlen]).replace(
+        b'"payload_bytes": 0', b'"payload_bytes": ' + b"9" * 5000
+    )
+    assert b"9" * 5000 in text
+    packed = zlib.compress(text)
+    huge = _reseal(
+        struct.pack("<8sII", magic, version, len(packed)) + packed + blob[16 + hlen : -4]
+    )
+    _refused(tmp_path, huge, "header cannot be decoded")
+
+    def bad_input_shape(h: dict) -> None:
+        h["input_shape"] = [-1, 28, 28]
+
+    _refused(tmp_path, _with_header(good_file, bad_input_shape), "invalid header at input_shape")
 
     hlen = struct.unpack_from("<I", good_file, 12)[0]
     claims_more = good_file[:12] + struct.pack("<I", 2**31) + good_file[16:]

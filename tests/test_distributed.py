@@ -12,6 +12,7 @@ bit-identical to not killing it.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ import yaml
 from safetensors.torch import load_file
 
 from admmcompress import ADMM, Irregular
+from admmcompress.config import DistillConfig
 from admmcompress.data import Split
 from admmcompress.distributed import DistContext, check_identical
 from admmcompress.models import create_model
@@ -73,9 +75,13 @@ def _data() -> Split:
 
 
 def _epoch(ctx: DistContext) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One SGD epoch and one ADMM update."""
+    """One SGD epoch with ADMM's penalty and distillation, then one ADMM update."""
     torch.manual_seed(0)
     model = create_model("lenet300")
+    teacher = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for p in teacher.parameters():  # a teacher that differs from the student
+            p.mul_(1.5)
     admm = ADMM(model, {"fc*": Irregular(keep=0.1)}, rho=0.01)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     train_epoch(
@@ -87,6 +93,8 @@ def _epoch(ctx: DistContext) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
         after_backward=admm.add_penalty_grad_,
         progress=False,
         dist=ctx,
+        teacher=teacher,  # distillation, also on the empty slice
+        distill=DistillConfig(weight=0.5, temperature=2.0),
     )
     admm.update()
     zu = {f"{n}.{k}": v[k] for n, v in admm.state_dict()["layers"].items() for k in ("z", "u")}

@@ -58,7 +58,9 @@ FORMAT_VERSION = 1
 SUFFIX = ".admmz"
 _FIXED = struct.Struct("<8sII")
 _CRC = struct.Struct("<I")
-MAX_HEADER_BYTES = 64 << 20  # decompressed: far above any real model's header
+MAX_HEADER_BYTES = 16 << 20  # decompressed: far above any real model's header
+HEADER_INFLATION = 64  # and at most this many times its compressed size (real ones: ~8x)
+MAX_TENSORS = 100_000
 DEFAULT_MAX_PARAMS = 1 << 30  # 4 GiB of fp32; raise it for bigger models
 
 RAW_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
@@ -119,9 +121,11 @@ class FileHeader(_Strict):
     model_args: dict[str, Any]
     resized: dict[str, dict[str, int]] = {}
     original_weights: int | None = Field(None, ge=0)  # conv/linear weights before compaction
-    input_shape: list[int] | None = None
+    input_shape: list[Annotated[int, Field(ge=1, le=1 << 16)]] | None = Field(
+        None, min_length=1, max_length=4
+    )
     metadata: dict[str, str] = {}
-    tensors: list[TensorHeader]
+    tensors: list[TensorHeader] = Field(max_length=MAX_TENSORS)
     payload_bytes: int = Field(ge=0)
 
 
@@ -200,6 +204,10 @@ def plan_model(
         else:
             out[key] = t
     return out
+
+
+def _count(model: nn.Module) -> int:
+    return sum(t.numel() for t in model.state_dict().values())
 
 
 def _raw_name(t: Tensor) -> str:
@@ -326,6 +334,7 @@ def save_admmz(
             "payload_bytes": len(payload),
         }
     )
+    _check_architecture(Path(path), header, max(DEFAULT_MAX_PARAMS, _count(model)))
     raw_header = json.dumps(header.model_dump(), separators=(",", ":")).encode()
     packed = zlib.compress(raw_header, 9)
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
@@ -337,6 +346,12 @@ def save_admmz(
 # -- reading --------------------------------------------------------------------------------
 def _fail(path: Path, why: str) -> ModelFormatError:
     return ModelFormatError(f"{path}: {why}")
+
+
+def _short(value: object, limit: int = 200) -> str:
+    """A hostile file must not make its error message huge."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def read_header(path: str | os.PathLike) -> tuple[FileHeader, bytes, int]:
@@ -363,16 +378,19 @@ def read_header(path: str | os.PathLike) -> tuple[FileHeader, bytes, int]:
         raise _fail(path, "checksum mismatch: the file is corrupt or truncated")
     try:
         inflater = zlib.decompressobj()
-        raw = inflater.decompress(blob[_FIXED.size : _FIXED.size + hlen], MAX_HEADER_BYTES)
+        limit = min(MAX_HEADER_BYTES, HEADER_INFLATION * hlen + 4096)
+        raw = inflater.decompress(blob[_FIXED.size : _FIXED.size + hlen], limit)
         if inflater.unconsumed_tail or not inflater.eof:
             raise _fail(path, "header is larger than the limit or incomplete")
         header = FileHeader.model_validate(json.loads(raw))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise _fail(path, f"header cannot be decoded ({e})") from None
+    except ModelFormatError:
+        raise
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise _fail(path, f"invalid header at {where or 'top'}: {first['msg']}") from None
+        raise _fail(path, f"invalid header at {_short(where) or 'top'}: {first['msg']}") from None
+    except (zlib.error, ValueError, RecursionError) as e:  # ValueError: JSON, huge ints
+        raise _fail(path, f"header cannot be decoded ({_short(e)})") from None
     payload = blob[_FIXED.size + hlen : -_CRC.size]
     if header.payload_bytes != len(payload):
         raise _fail(
@@ -397,7 +415,9 @@ def _check_architecture(path: Path, header: FileHeader, max_params: int) -> None
             model = _build(header, "meta")
     except Exception as e:  # any constructor error: the arguments do not fit the model
         raise _fail(
-            path, f"cannot build model {header.model!r} from {header.model_args}: {e}"
+            path,
+            f"cannot build model {_short(header.model)!r} from {_short(header.model_args)}: "
+            f"{_short(e)}",
         ) from None
     state = model.state_dict()
     total = sum(t.numel() for t in state.values())
@@ -413,12 +433,14 @@ def _check_architecture(path: Path, header: FileHeader, max_params: int) -> None
     if missing or extra or len(declared) != len(header.tensors):
         raise _fail(
             path,
-            f"tensors do not match model {header.model!r}: missing {missing[:5]}, "
-            f"unexpected {extra[:5]}",
+            f"tensors do not match model {_short(header.model)!r}: missing "
+            f"{_short(missing[:5])}, unexpected {_short(extra[:5])}",
         )
     for name, t in state.items():
         if list(t.shape) != declared[name].shape:
-            raise _fail(path, f"{name} declared {declared[name].shape}, model has {list(t.shape)}")
+            raise _fail(
+                path, f"{name} declared {_short(declared[name].shape)}, model has {list(t.shape)}"
+            )
 
 
 def _section(payload: bytes, sec: Section, what: str) -> bytes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ class Source:
     input_shape: tuple[int, ...] | None
     metadata: dict[str, str]
     report: dict[str, Any] | None  # the run's report.json, when beside the model
+    resized: dict[str, dict[str, int]] = field(default_factory=dict)  # already compact
+    original_weights: int | None = None  # conv/linear weights before any compaction
 
 
 def _json_meta(metadata: dict[str, str], key: str) -> Any:
@@ -77,7 +79,18 @@ def open_source(path: str | os.PathLike) -> Source:
             if t.values.kind == "codes" and t.values.bits is not None
         }
         shape = tuple(h.input_shape) if h.input_shape else None
-        return Source(file, loaded.model, h.model, h.model_args, quant, shape, h.metadata, None)
+        return Source(
+            file,
+            loaded.model,
+            h.model,
+            h.model_args,
+            quant,
+            shape,
+            h.metadata,
+            None,
+            {k: dict(v) for k, v in h.resized.items()},
+            h.original_weights,
+        )
     saved = load_model(file)
     report_file = file.parent / "report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else None
@@ -156,15 +169,20 @@ def export(
         ".admmz" if fmt == "admmz" else ".onnx"
     )
     out_path = Path(out) if out is not None else src.path.parent / default_name
+    if out_path.resolve() == src.path.resolve():
+        raise ValueError(f"{out_path} is the file being exported: choose another --out")
     model = src.model
-    resized: dict[str, dict[str, int]] = {}
+    resized = {k: dict(v) for k, v in src.resized.items()}  # an already compact source
     compact_info = None
-    original = None
+    original = src.original_weights
     if compact:
-        original = sum(m.weight.numel() for m in compressible_layers(model).values())
+        if original is None:
+            original = sum(m.weight.numel() for m in compressible_layers(model).values())
         shape = _input_shape(src, input_shape, "--compact")
         result = compact_model(model, torch.zeros(1, *shape))
-        model, resized = result.model, result.sizes
+        model = result.model
+        for name, sizes in result.sizes.items():
+            resized.setdefault(name, {}).update(sizes)
         compact_info = {
             "sizes": resized,
             "params_before": result.params_before,
@@ -186,7 +204,8 @@ def export(
         input_shape=shape,
         metadata={k: v for k, v in src.metadata.items() if k in ("dataset", "rules")},
     )
-    estimate = src.report.get("storage_bytes") if src.report and not compact else None
+    comparable = src.report is not None and not compact and values == "float32"
+    estimate = src.report.get("storage_bytes") if comparable and src.report else None
     return ExportResult(out_path, fmt, summary, compact_info, estimate)
 
 

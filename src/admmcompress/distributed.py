@@ -2,17 +2,19 @@
 
 Every process ("rank") holds the whole model, the whole data set in memory and the same
 seeded data generator, so all ranks draw the same global batches and the same augmentation.
-Each rank computes the gradient of its contiguous slice of every global batch, scaled so that
-one all-reduce (sum) of the gradients gives the gradient of the whole global batch: the run
-follows a one-process run with the same ``batch_size`` up to floating-point summation order.
-The all-reduce covers every trained tensor, STE shadow weights included, which is why it is
-done here rather than by wrapping the model in ``DistributedDataParallel``.
+Each rank computes the loss of its contiguous slice of every global batch, weighted by the
+slice's share of the batch; after one coalesced all-reduce of the gradients (a sum, then
+divided by the number of ranks) every rank holds the gradient of the whole global batch's
+mean loss. STE shadow weights take their gradient from the reduced weight gradients. For a
+model without BatchNorm the run follows a one-process run with the same ``batch_size`` up to
+floating-point summation order; with BatchNorm, batch statistics are per slice (as with
+PyTorch's DDP), and the running estimates are taken from rank 0 after every epoch.
 
 ADMM's Z- and U-steps are computed from the (identical) weights on every rank; after each
-update the ranks compare checksums of their ADMM state and stop the run if they differ.
-BatchNorm statistics are per rank during a forward pass (as with DDP); their running
-estimates are taken from rank 0 after every epoch. Only rank 0 writes checkpoints, models and
-reports; on several machines the run folder must be on a shared filesystem for ``--resume``.
+update the ranks compare checksums of their ADMM state and stop the run if they differ. A
+non-finite loss on any rank stops every rank at the same batch. Only rank 0 writes
+checkpoints, models and reports, and the teacher of a distilling run is sent from rank 0;
+on several machines, ``--resume`` needs the run folder on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -93,27 +95,43 @@ def broadcast_buffers(module: nn.Module, ctx: DistContext) -> None:
         dist.broadcast(t.data, src=0)
 
 
-def all_reduce_gradients(params: Iterable[Tensor], ctx: DistContext) -> None:
-    """Sum the gradients over ranks in one coalesced all-reduce (missing ones count as 0)."""
+def all_reduce_gradients(params: Iterable[Tensor], ctx: DistContext, bad: bool = False) -> bool:
+    """Average the gradients over ranks in one coalesced all-reduce; True if any rank is bad.
+
+    Only tensors that have a gradient take part (every rank runs the same forward, so the
+    set is the same on all of them). ``bad`` rides along in the same buffer, so that a
+    non-finite loss on one rank stops every rank at the same step instead of leaving the
+    others waiting in the next collective.
+    """
     if not ctx.enabled:
-        return
-    params = [p for p in params if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+        return bad
+    live = [p for p in params if p.requires_grad and p.grad is not None]
+    flag = torch.ones(1, device=live[0].grad.device if live else "cpu") * float(bad)
+    flat = torch.cat(
+        [*(p.grad.reshape(-1) for p in live), flag.to(live[0].grad.dtype)] if live else [flag]
+    )
     dist.all_reduce(flat)
     offset = 0
-    for p in params:
+    for p in live:
         n = p.grad.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad)).div_(ctx.world_size)
         offset += n
+    return bool(flat[-1] > 0)
 
 
 def all_reduce_sum(values: Tensor, ctx: DistContext) -> Tensor:
     if ctx.enabled:
         dist.all_reduce(values)
     return values
+
+
+def gather_objects(obj: object, ctx: DistContext) -> list[object]:
+    """``obj`` from every rank, in rank order (``[obj]`` when running alone)."""
+    if not ctx.enabled:
+        return [obj]
+    out: list[object] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def check_identical(state: Mapping[str, Tensor], ctx: DistContext, what: str) -> None:

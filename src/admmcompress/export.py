@@ -98,12 +98,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     return SavedModel(model, masks, metadata["model"], model_args, metadata)
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load(
+    path: str | os.PathLike, device: str | torch.device = "cpu", max_params: int | None = None
+) -> nn.Module:
     """The model in an ``.admmz`` or admmcompress ``.safetensors`` file, in eval mode.
 
-    The format is told by the file's first bytes, not its name.
+    The format is told by the file's first bytes, not its name. ``max_params`` raises the
+    ``.admmz`` reader's limit on the values a file may declare (default 2^30).
     """
-    from .admmz import MAGIC, read_admmz
+    from .admmz import DEFAULT_MAX_PARAMS, MAGIC, read_admmz
 
     path = Path(path)
     if not path.is_file():
@@ -111,5 +114,5 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Modu
     with open(path, "rb") as f:
         head = f.read(len(MAGIC))
     if head == MAGIC:
-        return read_admmz(path, device).model
+        return read_admmz(path, device, max_params or DEFAULT_MAX_PARAMS).model
     return load_model(path, device).model.eval()

@@ -30,6 +30,7 @@ from .distributed import (
     broadcast_buffers,
     broadcast_module,
     check_identical,
+    gather_objects,
     init_from_env,
     shutdown,
 )
@@ -282,6 +283,8 @@ class Pipeline:
             self._load_init(Path(self.cfg.init))
         self.model.to(self.device)
         broadcast_module(self.model, self.dist)
+        if self.dist.enabled:  # own dropout masks per process, from a seed all ranks agree on
+            torch.manual_seed(self.cfg.seed + 1000 * self.dist.rank)
         self.data = load_run_data(self.cfg, self.data_dir, self.device)
         if self.cfg.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -304,6 +307,7 @@ class Pipeline:
     def _save(self, extra: dict[str, Any]) -> None:
         s = self.state
         s.seconds["wall"] = self._wall_seconds()
+        torch_rng = gather_objects(torch.get_rng_state(), self.dist)  # one per process
         if not self.dist.is_main:
             return
         save_checkpoint(
@@ -325,7 +329,8 @@ class Pipeline:
                 "masks": self.masks,
                 "quant_init": self.quant_init,
                 "rng": {
-                    "torch": torch.get_rng_state(),
+                    "torch": torch_rng[0],
+                    "torch_per_rank": torch_rng,
                     "data": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 },
@@ -352,7 +357,15 @@ class Pipeline:
         self.plan_info = ckpt.get("plan", {})
         self.support = {k: v.to(self.device) for k, v in ckpt.get("support", {}).items()}
         self.constraints = step_constraints(self.model, self.rules, self.support)
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        per_rank = ckpt["rng"].get("torch_per_rank") or [ckpt["rng"]["torch"]]
+        if len(per_rank) != self.dist.world_size and self.dist.enabled:
+            log.warning(
+                "the checkpoint was written by %d processes, this run has %d: dropout masks "
+                "will differ from an uninterrupted run",
+                len(per_rank),
+                self.dist.world_size,
+            )
+        torch.set_rng_state(per_rank[self.dist.rank % len(per_rank)])
         self.generator.set_state(ckpt["rng"]["data"])
         if ckpt["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
@@ -626,9 +639,10 @@ class Pipeline:
     def run(self) -> dict[str, Any]:
         """Run (or finish) every phase, then verify, save and report; returns report.json."""
         try:
-            return self._run()
+            report = self._run()
+            shutdown()  # on an error, exiting lets torchrun stop the other processes
+            return report
         finally:
-            shutdown()
             # flush-denormal is process-wide processor state; leave the process as found
             # (torch starts with it off and offers no getter).
             torch.set_flush_denormal(False)
@@ -677,13 +691,18 @@ class Pipeline:
     def _teacher(self) -> nn.Module:
         if self.teacher is None:
             path = self.out / TEACHER_FILE
-            if not path.is_file():
+            if self.dist.is_main and not path.is_file():
                 raise RunFolderError(
                     f"{path} is missing: distillation was turned on after the run's first step "
                     "began, so the model it learns from (the one before step 1) was not kept. "
                     "Start a new run, or drop 'distill'"
                 )
-            teacher = load_model(path, self.device).model
+            if self.dist.is_main:
+                teacher = load_model(path, self.device).model
+            else:  # sent from rank 0: the other machines need not see the run folder
+                teacher = create_model(self.cfg.model.name, **self.cfg.model.args)
+                teacher.to(self.device)
+            broadcast_module(teacher, self.dist)
             self.teacher = teacher.eval().requires_grad_(False)
         return self.teacher
 

@@ -121,7 +121,7 @@ def train_epoch(
         # summed over ranks, the scaled slice losses give the global batch's mean loss
         scale = y.numel() * dist.world_size / global_n
         objective = loss * scale
-        if teacher is not None and distill is not None:
+        if teacher is not None and distill is not None and y.numel():
             with torch.no_grad(), _autocast(x, autocast):
                 target = F.log_softmax(teacher(x).float() / distill.temperature, dim=1)
             kd = F.kl_div(
@@ -136,7 +136,8 @@ def train_epoch(
             pen = penalty()
             objective = objective + pen
             pen_sum += pen.detach() * y.numel()
-        if not torch.isfinite(objective):
+        bad = not bool(torch.isfinite(objective))
+        if bad and not dist.enabled:
             raise NonFiniteLossError(
                 f"{desc}: the loss became {float(objective.detach())} at batch "
                 f"{step + 1} of {total}; "
@@ -145,10 +146,12 @@ def train_epoch(
             )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
-        if dist.enabled:
-            all_reduce_gradients(synced, dist)
-            for p in synced:  # the all-reduce summed world_size copies of the mean
-                p.grad.div_(dist.world_size)
+        if dist.enabled and all_reduce_gradients(synced, dist, bad):
+            raise NonFiniteLossError(
+                f"{desc}: the loss became non-finite on at least one process at batch "
+                f"{step + 1} of {total}; the last good checkpoint is kept: lower the learning "
+                "rate (or rho) and continue with --resume --allow-changes --set ..."
+            )
         if after_backward is not None:
             after_backward()
         optimizer.step()
