@@ -38,7 +38,6 @@ import argparse
 import math
 import statistics
 import sys
-import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from admmcompress.sparse_inference import (
     SparseLinear,
     density,
     fuse_linear_chain,
+    interleaved_timings,
     sparsify,
 )
 from common import write_results
@@ -72,32 +72,6 @@ MODELS = {  # key: (label, default file, config that produces it)
 BIG_BATCH = 256
 GOAL = 2.0  # the issue: >= 2x faster than dense at batch 1 on the fully connected layers
 GOAL_VARIANT = "compact + fused, CSR where timed faster (autotune)"
-
-
-def measure(
-    fns: dict[str, Callable[[], object]], rounds: int, block_s: float
-) -> dict[str, list[float]]:
-    """Seconds per call of each function, one sample per round; the rounds interleave them."""
-    calls: dict[str, int] = {}
-    for name, fn in fns.items():
-        fn()  # first call: allocations, kernel selection, MKL handles
-        t0 = time.perf_counter()
-        n = 0
-        while n < 5 or time.perf_counter() - t0 < min(block_s, 0.05):
-            fn()
-            n += 1
-        per_call = (time.perf_counter() - t0) / n
-        calls[name] = max(1, math.ceil(block_s / per_call))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns)
-    for r in range(rounds):
-        for name in order if r % 2 == 0 else order[::-1]:
-            fn, n = fns[name], calls[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[name].append((time.perf_counter() - t0) / n)
-    return samples
 
 
 def load_dense(key: str, path: Path) -> nn.Module:
@@ -165,7 +139,7 @@ def compare(
     fns: dict[str, Callable[[], object]] = {"dense": lambda: dense(x), "sparse": lambda: sparse(x)}
     with torch.inference_mode():
         err = (dense(x) - sparse(x)).abs().max().item()
-        s = measure({**fns, **(extra or {})}, args.rounds, args.block)
+        s = interleaved_timings({**fns, **(extra or {})}, args.rounds, args.block)
     row = _row(x.shape[0], s.pop("dense"), s.pop("sparse"), err)
     return {**row, "uses_csr": True, "extra_s": {k: statistics.median(v) for k, v in s.items()}}
 
@@ -182,7 +156,7 @@ def compare_many(
     with torch.inference_mode():
         ref = baseline(x)
         errs = {name: (m(x) - ref).abs().max().item() for name, m in variants.items()}
-        s = measure(fns, args.rounds, args.block)
+        s = interleaved_timings(fns, args.rounds, args.block)
     rows = []
     for name, m in variants.items():
         report = getattr(m, "sparsify_report", None)

@@ -371,21 +371,21 @@ def _check_skip(model: nn.Module, skip: Collection[str]) -> set[str]:
     return names
 
 
-def _median_times(
+def interleaved_timings(
     fns: dict[str, Callable[[], object]], rounds: int = 9, block_s: float = 1e-3
-) -> dict[str, float]:
-    """Median seconds per call of each function, over ``rounds`` interleaved blocks of calls.
+) -> dict[str, list[float]]:
+    """Seconds per call of each function, one sample per round; the rounds interleave them.
 
-    Each block lasts about ``block_s``; the order alternates between rounds, so that load
-    from other processes hits every function alike. Runs under ``torch.inference_mode``.
+    Each block of calls lasts about ``block_s``; the order alternates between rounds, so that
+    load from other processes hits every function alike. Runs under ``torch.inference_mode``.
     """
     samples: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode():
         calls: dict[str, int] = {}
         for name, fn in fns.items():
-            fn()  # first call: allocations, MKL handles
+            fn()  # first call: allocations, kernel selection, MKL handles
             t0, n = time.perf_counter(), 0
-            while n < 3 or time.perf_counter() - t0 < block_s:
+            while n < 5 or time.perf_counter() - t0 < min(block_s, 0.05):
                 fn()
                 n += 1
             calls[name] = max(1, math.ceil(block_s * n / (time.perf_counter() - t0)))
@@ -397,6 +397,14 @@ def _median_times(
                 for _ in range(n):
                     fn()
                 samples[name].append((time.perf_counter() - t0) / n)
+    return samples
+
+
+def _median_times(
+    fns: dict[str, Callable[[], object]], rounds: int = 9, block_s: float = 1e-3
+) -> dict[str, float]:
+    """Median seconds per call of each function (see ``interleaved_timings``)."""
+    samples = interleaved_timings(fns, rounds, block_s)
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
