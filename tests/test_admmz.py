@@ -32,9 +32,7 @@ from admmcompress.storage import (
     plan_tensor,
     relative_entries,
 )
-
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO / "data"
+from test_pipeline import DATA_DIR, REPO
 
 
 def _bits(t: Tensor) -> Tensor:

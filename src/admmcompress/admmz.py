@@ -24,7 +24,7 @@ import os
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -137,7 +137,11 @@ class FileSummary:
     header: FileHeader
     file_bytes: int
     header_bytes: int  # magic, version, header, checksum
-    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per tensor, read from the header's sections (what the file really holds)."""
+        return [_row(t) for t in self.header.tensors]
 
     @property
     def weight_bytes(self) -> int:
@@ -169,6 +173,25 @@ class FileSummary:
             "storage_rate": dense / max(1, self.weight_bytes),
             "file_rate": dense / max(1, self.file_bytes),
         }
+
+
+def _row(t: TensorHeader) -> dict[str, Any]:
+    p, v = t.pattern, t.values
+    scale_bytes = v.scales.length if v.scales is not None else 0
+    return {
+        "name": t.name,
+        "weight": t.weight,
+        "numel": int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1,
+        "nnz": p.nnz,
+        "encoding": p.kind,
+        "pattern_param": p.param,
+        "values": f"{v.bits}-bit codes" if v.kind == "codes" else v.dtype,
+        "scale_dtype": v.scale_dtype,
+        "index_bytes": p.section.length,
+        "value_bytes": v.section.length,
+        "scale_bytes": scale_bytes,
+        "bytes": p.section.length + v.section.length + scale_bytes,
+    }
 
 
 def scale_hint(w: Tensor, spec: QuantSpec) -> Tensor:
@@ -240,7 +263,6 @@ def save_admmz(
     plans = plan_model(model, quant, values)
     payload = bytearray()
     tensors: list[dict[str, Any]] = []
-    rows: list[dict[str, Any]] = []
 
     def add(data: bytes) -> dict[str, int]:
         sec = {"offset": len(payload), "length": len(data)}
@@ -281,15 +303,6 @@ def save_admmz(
                     "scales": add(scales) if plan.quantized is not None else None,
                 },
             }
-            rows.append(
-                {
-                    "name": key,
-                    "weight": True,
-                    "numel": plan.numel,
-                    "nnz": plan.nnz,
-                    **plan.summary(),
-                }
-            )
         else:
             dtype = _raw_name(plan)
             data = plan.contiguous().numpy().astype(RAW_DTYPES[dtype][1], copy=False).tobytes()
@@ -305,20 +318,6 @@ def save_admmz(
                 },
                 "values": {"kind": "raw", "dtype": dtype, "section": add(data)},
             }
-            rows.append(
-                {
-                    "name": key,
-                    "weight": False,
-                    "numel": plan.numel(),
-                    "nnz": int(torch.count_nonzero(plan)),
-                    "encoding": "dense",
-                    "values": dtype,
-                    "index_bytes": 0,
-                    "value_bytes": len(data),
-                    "scale_bytes": 0,
-                    "bytes": len(data),
-                }
-            )
         tensors.append(entry)
 
     header = FileHeader.model_validate(
@@ -340,10 +339,16 @@ def save_admmz(
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
     blob = body + _CRC.pack(zlib.crc32(body))
     atomic_write(path, lambda tmp: tmp.write_bytes(blob))
-    return FileSummary(header, len(blob), len(blob) - len(payload), rows)
+    return FileSummary(header, len(blob), len(blob) - len(payload))
 
 
 # -- reading --------------------------------------------------------------------------------
+def is_admmz(path: str | os.PathLike) -> bool:
+    """Whether the file starts with the ``.admmz`` magic bytes (its name does not matter)."""
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def _fail(path: Path, why: str) -> ModelFormatError:
     return ModelFormatError(f"{path}: {why}")
 
@@ -510,32 +515,12 @@ def read_admmz(
     header, payload, size = read_header(path)
     _check_architecture(path, header, max_params)
     state: dict[str, Tensor] = {}
-    rows = []
     for t in header.tensors:
         try:
             state[t.name] = _decode_tensor(t, payload)
         except StorageError as e:
             raise _fail(path, f"tensor {t.name}: {e}") from None
-        p, v = t.pattern, t.values
-        value_bytes = v.section.length
-        scale_bytes = v.scales.length if v.scales is not None else 0
-        rows.append(
-            {
-                "name": t.name,
-                "weight": t.weight,
-                "numel": int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1,
-                "nnz": p.nnz,
-                "encoding": p.kind,
-                "pattern_param": p.param,
-                "values": f"{v.bits}-bit codes" if v.kind == "codes" else v.dtype,
-                "scale_dtype": v.scale_dtype,
-                "index_bytes": p.section.length,
-                "value_bytes": value_bytes,
-                "scale_bytes": scale_bytes,
-                "bytes": p.section.length + value_bytes + scale_bytes,
-            }
-        )
     model = _build(header, "cpu")
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
-    return LoadedFile(model, header, FileSummary(header, size, size - len(payload), rows))
+    return LoadedFile(model, header, FileSummary(header, size, size - len(payload)))

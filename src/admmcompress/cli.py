@@ -244,7 +244,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .admmz import MAGIC, read_admmz
+    from .admmz import is_admmz, read_admmz
     from .data import load_dataset, resolve_data_root
     from .export import load_model
     from .report import layer_table, pruning_rates
@@ -255,9 +255,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     path = args.model / "model.safetensors" if args.model.is_dir() else args.model
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    with open(path, "rb") as f:
-        is_admmz = f.read(len(MAGIC)) == MAGIC
-    if is_admmz:  # no masks in the file: its zeros are the pattern itself
+    admmz_file = is_admmz(path)
+    if admmz_file:  # no masks in the file: its zeros are the pattern itself
         loaded = read_admmz(path)
         model, model_name, masks = loaded.model, loaded.header.model, {}
         metadata = loaded.header.metadata
@@ -286,7 +285,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for r in rows:
         r["pruned"] = r["name"] in pruned and r["nonzero"] < r["params"]
     rates = pruning_rates(rows)
-    original = loaded.header.original_weights if is_admmz else None
+    original = loaded.header.original_weights if admmz_file else None
     if original:  # a compact model: count against the weights it had before compaction
         nonzero = sum(r["nonzero"] for r in rows)
         rates = {"pruning_rate": original / nonzero, "overall_rate": original / nonzero}
@@ -359,9 +358,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from .deploy import inspect, summary_table
+    from .admmz import read_admmz
+    from .deploy import summary_table
 
-    loaded = inspect(args.file)
+    loaded = read_admmz(args.file)  # decodes everything: every check runs
     if args.json:
         out = {"totals": loaded.summary.totals(), "tensors": loaded.summary.rows}
         print(json.dumps(out, indent=2))

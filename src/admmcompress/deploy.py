@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .admmz import MAGIC, FileSummary, LoadedFile, read_admmz, save_admmz
+from .admmz import FileSummary, is_admmz, read_admmz, save_admmz
 from .compact import compact_model
 from .export import ModelFileError, load_model
 from .selection import compressible_layers
@@ -68,9 +68,7 @@ def open_source(path: str | os.PathLike) -> Source:
     if not file.is_file():
         where = f"{path} holds no model.safetensors" if path.is_dir() else f"{path} does not exist"
         raise ModelFileError(f"{where}: give a run folder, a model.safetensors or an .admmz file")
-    with open(file, "rb") as f:
-        is_admmz = f.read(len(MAGIC)) == MAGIC
-    if is_admmz:
+    if is_admmz(file):
         loaded = read_admmz(file)
         h = loaded.header
         quant = {
@@ -207,11 +205,6 @@ def export(
     comparable = src.report is not None and not compact and values == "float32"
     estimate = src.report.get("storage_bytes") if comparable and src.report else None
     return ExportResult(out_path, fmt, summary, compact_info, estimate)
-
-
-def inspect(path: str | os.PathLike) -> LoadedFile:
-    """Read and fully decode an ``.admmz`` file (every check runs), for ``inspect``."""
-    return read_admmz(path)
 
 
 def _fmt_rate(x: float) -> str:

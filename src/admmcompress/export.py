@@ -106,13 +106,11 @@ def load(
     The format is told by the file's first bytes, not its name. ``max_params`` raises the
     ``.admmz`` reader's limit on the values a file may declare (default 2^30).
     """
-    from .admmz import DEFAULT_MAX_PARAMS, MAGIC, read_admmz
+    from .admmz import DEFAULT_MAX_PARAMS, is_admmz, read_admmz
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
-    with open(path, "rb") as f:
-        head = f.read(len(MAGIC))
-    if head == MAGIC:
+    if is_admmz(path):
         return read_admmz(path, device, max_params or DEFAULT_MAX_PARAMS).model
     return load_model(path, device).model.eval()
