@@ -347,14 +347,14 @@ def test_resolve_data_root_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unknown_dataset_lists_names(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
-        load_dataset("imagenet", tmp_path)
-    for name in ("cifar10", "fashion_mnist", "mnist"):
+        load_dataset("svhn", tmp_path)
+    for name in ("cifar10", "fashion_mnist", "image_folder", "imagenet", "mnist"):
         assert name in str(err.value)
     assert isinstance(err.value, ValueError)
 
 
 def test_available_and_register(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert available_datasets() == ["cifar10", "fashion_mnist", "mnist"]
+    assert available_datasets() == ["cifar10", "fashion_mnist", "image_folder", "imagenet", "mnist"]
     monkeypatch.setattr(data._REGISTRY, "_items", dict(data._REGISTRY._items))
 
     @register_dataset("toy")

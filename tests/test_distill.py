@@ -114,3 +114,30 @@ def test_pretraining_cannot_distill(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="weight"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_a_named_teacher_file_is_used_instead_of_the_step_one_model(
+    two_step_run_distilled: Path, tmp_path: Path
+) -> None:
+    """distill.teacher: learn from another saved model (here the earlier run's teacher)."""
+    import yaml
+
+    from admmcompress.cli import main
+    from test_pipeline import _run
+
+    teacher = two_step_run_distilled / "teacher.safetensors"
+    cfg = copy.deepcopy(TWO_STEPS)
+    cfg["pretrain"]["epochs"] = 0  # a fresh model: only the named teacher knows anything
+    cfg["steps"] = cfg["steps"][:1]
+    cfg["admm"]["epochs"] = 1
+    cfg["retrain"]["distill"] = {"weight": 1.0, "temperature": 4, "teacher": str(teacher)}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert _run(tmp_path / "c.yaml", tmp_path / "run") == 0
+    assert not (tmp_path / "run" / "teacher.safetensors").exists()  # nothing to keep
+    report = yaml.safe_load((tmp_path / "run" / "report.json").read_text())
+    assert report["phases"]["retrain"]["test_accuracy"] > 0.5  # labels unused (weight 1)
+
+    cfg["retrain"]["distill"]["teacher"] = str(tmp_path / "missing.safetensors")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run2")]
+    assert main([*out, "--data-dir", str(Path(__file__).parents[1] / "data")]) != 0

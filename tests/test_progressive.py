@@ -425,6 +425,29 @@ def test_shift_is_a_crop_of_the_padded_image() -> None:
     assert all(s or m for s, m in zip(same, mirrored, strict=True)) and any(mirrored)
 
 
+def test_black_padding_matches_torchvision_random_crop_on_raw_pixels() -> None:
+    """pad: black on normalised CIFAR-style data = RandomCrop(padding=4) before normalising."""
+    from admmcompress.augment import random_shift
+    from admmcompress.config import AugmentConfig
+    from admmcompress.data import Split
+
+    mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
+    raw = torch.rand(8, 3, 6, 6)
+    norm = (raw - mean[:, None, None]) / std[:, None, None]
+    black = tuple((-mean / std).tolist())
+    out = random_shift(norm, 2, torch.Generator().manual_seed(1), black)
+    padded = torch.nn.functional.pad(raw, (2, 2, 2, 2))  # zeros: black pixels
+    for i in range(8):
+        crops = [padded[i, :, r : r + 6, c : c + 6] for r in range(5) for c in range(5)]
+        want = [(c - mean[:, None, None]) / std[:, None, None] for c in crops]
+        assert any(torch.allclose(out[i], w, atol=1e-6) for w in want)
+    split = Split(norm, torch.zeros(8, dtype=torch.long), black)
+    shift3 = AugmentConfig(shift=3, pad="black")
+    x, _, n = next(split.train_batches(8, torch.Generator(), None, shift3))
+    corners = x[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # a 3-pixel shift always shows border
+    assert n == 8 and any(torch.allclose(corners[i, :, 0], torch.tensor(black)) for i in range(8))
+
+
 def test_init_from_a_pruned_model_keeps_its_masks(two_step_run: Path, tmp_path: Path) -> None:
     """Quantize a pruned model in a new run: its pruning carries over from the file's masks."""
     cfg = {

@@ -13,13 +13,13 @@ The core imports nothing from the CLI, the data or the model zoo.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from .constraints import Constraint
+from .constraints import Constraint, coupled_group_masks, filter_rule
 from .selection import select_layers
 
 
@@ -71,6 +71,10 @@ class ADMM:
         rescale_dual: keep the scaled dual consistent when rho changes (U <- U * old/new,
             Boyd et al. 2011, sec. 3.4.1). The authors' code skips this; it matters little
             for small growth factors but keeps the unscaled multiplier continuous.
+        couple: sets of layer names under ``filter`` rules that must lose the same filters
+            (e.g. the convolutions feeding one residual sum: ``groups.coupled_filter_sets``
+            finds them). Their Z-step is one joint projection (``coupled_group_masks``), so
+            that a pruned channel is gone from every layer that writes it.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class ADMM:
         rho_growth: float = 1.3,
         rho_max: float | None = None,
         rescale_dual: bool = True,
+        couple: Sequence[Sequence[str]] = (),
     ) -> None:
         if not rho > 0 or not math.isfinite(rho):
             raise ValueError(f"rho must be a positive number, got {rho}")
@@ -102,6 +107,53 @@ class ADMM:
             name: _Layer(modules[name].weight, constraint, rho)
             for name, constraint in selected.items()
         }
+        self.coupled = [tuple(names) for names in couple if len(names) > 1]
+        self._check_coupling()
+        for n, (v, m) in self._coupled_masks(lambda n: self.layers[n].weight.detach()).items():
+            self.layers[n].z = v * m
+            self.layers[n].target = self.layers[n].z.clone()
+
+    def _check_coupling(self) -> None:
+        seen: set[str] = set()
+        for names in self.coupled:
+            for n in names:
+                if n not in self.layers:
+                    raise ValueError(f"coupled layer {n!r} has no ADMM rule")
+                if n in seen:
+                    raise ValueError(f"layer {n!r} is in more than one coupled set")
+                if filter_rule(self.layers[n].constraint) is None:
+                    raise ValueError(
+                        f"coupled layer {n!r} must be under a filter-pruning rule, not "
+                        f"{self.layers[n].constraint.describe()}"
+                    )
+                seen.add(n)
+            ks = {n: self._filter_k(n) for n in names}
+            if len(set(ks.values())) != 1:
+                raise ValueError(
+                    "coupled layers must keep the same number of filters, got "
+                    + ", ".join(f"{n}: {k}" for n, k in ks.items())
+                )
+
+    def _filter_k(self, name: str) -> int:
+        rule = filter_rule(self.layers[name].constraint)
+        assert rule is not None
+        return rule[0].k(self.layers[name].weight)
+
+    def _coupled_masks(self, value: Callable[[str], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per coupled layer: (its value restricted to its support, the joint filter mask)."""
+        out = {}
+        for names in self.coupled:
+            vs = []
+            for n in names:
+                rule = filter_rule(self.layers[n].constraint)
+                assert rule is not None
+                vs.append(value(n) if rule[1] is None else value(n) * rule[1])
+            masks = coupled_group_masks(vs, self._filter_k(names[0]), "filter")
+            for n, v, m in zip(names, vs, masks, strict=True):
+                rule = filter_rule(self.layers[n].constraint)
+                assert rule is not None
+                out[n] = (v, m if rule[1] is None else m & rule[1].to(torch.bool))
+        return out
 
     # -- W-step -------------------------------------------------------------------------------
     def penalty(self) -> Tensor:
@@ -135,10 +187,16 @@ class ADMM:
     def update(self) -> dict[str, Residual]:
         """One ADMM iteration after a W-step: Z = Proj(W + U), U += W - Z, rho *= growth."""
         out: dict[str, Residual] = {}
+        joint = {
+            n: v * m
+            for n, (v, m) in self._coupled_masks(
+                lambda n: self.layers[n].weight.detach() + self.layers[n].u
+            ).items()
+        }
         for name, layer in self.layers.items():
             w = layer.weight.detach()
             z_old = layer.z
-            layer.z = layer.constraint.project(w + layer.u)
+            layer.z = joint[name] if name in joint else layer.constraint.project(w + layer.u)
             layer.u.add_(w).sub_(layer.z)
             dual = layer.rho * float(torch.linalg.vector_norm(layer.z - z_old))
             out[name] = _residual(w, layer.z, dual, layer.rho)
@@ -172,10 +230,15 @@ class ADMM:
         is only quantized); retraining keeps the others at zero.
         """
         masks = {}
+        joint = self._coupled_masks(lambda n: self.layers[n].weight.detach())
         for name, layer in self.layers.items():
             w = layer.weight.detach()
-            mask = layer.constraint.mask(w)
-            layer.weight.copy_(layer.constraint.project(w))
+            if name in joint:
+                v, mask = joint[name]
+                layer.weight.copy_(v * mask)
+            else:
+                mask = layer.constraint.mask(w)
+                layer.weight.copy_(layer.constraint.project(w))
             masks[name] = mask
         return masks
 

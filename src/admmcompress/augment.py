@@ -13,15 +13,26 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_shift(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
-    """Shift each image by up to ``pad`` pixels in each direction (edges replicated).
+def random_shift(
+    x: Tensor, pad: int, generator: torch.Generator, fill: tuple[float, ...] | None = None
+) -> Tensor:
+    """Shift each image by up to ``pad`` pixels in each direction.
 
-    Same as padding by ``pad`` and taking a random crop of the original size.
+    Same as padding by ``pad`` and taking a random crop of the original size. The border
+    brought in repeats the edge pixels, or with ``fill`` holds that value per channel (the
+    normalised value of a black pixel gives torchvision's ``RandomCrop(padding=pad)``).
     """
     if pad <= 0:
         return x
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    b, c, h, w = x.shape
+    if fill is None:
+        padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    else:
+        if len(fill) not in (1, c):
+            raise ValueError(f"fill has {len(fill)} values for {c} channels")
+        padded = x.new_empty(b, c, h + 2 * pad, w + 2 * pad)
+        padded[:] = torch.tensor(fill, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        padded[:, :, pad : pad + h, pad : pad + w] = x
     offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator).to(x.device)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # [b, h]
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # [b, w]
@@ -38,8 +49,14 @@ def random_hflip(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def augment_batch(x: Tensor, shift: int, hflip: bool, generator: torch.Generator) -> Tensor:
+def augment_batch(
+    x: Tensor,
+    shift: int,
+    hflip: bool,
+    generator: torch.Generator,
+    fill: tuple[float, ...] | None = None,
+) -> Tensor:
     if x.dim() != 4:
         raise ValueError(f"augmentation needs image batches [B, C, H, W], got {tuple(x.shape)}")
-    x = random_shift(x, shift, generator)
+    x = random_shift(x, shift, generator, fill)
     return random_hflip(x, generator) if hflip else x

@@ -65,6 +65,11 @@ class DistillConfig(_Strict):
 
     weight: float = Field(0.5, gt=0, le=1, description="share of the distillation term")
     temperature: float = Field(4.0, gt=0, description="softmax temperature of both models")
+    teacher: str | None = Field(
+        None,
+        description="a saved model of the same architecture to learn from (model.safetensors "
+        "or .admmz); default: the model as it was before the first step",
+    )
 
 
 class PhaseConfig(_Strict):
@@ -75,8 +80,8 @@ class PhaseConfig(_Strict):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     distill: DistillConfig | None = Field(
         None,
-        description="learn from the model as it was before the first step (after pretraining "
-        "or init) too; not for pretraining",
+        description="learn from a teacher's outputs too (by default the model as it was before "
+        "the first step, after pretraining or init); not for pretraining",
     )
 
 
@@ -312,10 +317,35 @@ class AugmentConfig(_Strict):
         0, ge=0, le=8, description="shift images by up to this many pixels (pad + random crop)"
     )
     hflip: bool = Field(False, description="mirror images left-right at random (not for digits)")
+    pad: Literal["edge", "black"] = Field(
+        "edge",
+        description="what a shift brings in at the border: copies of the edge pixels, or "
+        "black (pixel value 0, the zero padding of torchvision's RandomCrop(padding=...), the "
+        "standard CIFAR-10 augmentation)",
+    )
+    crop_scale: tuple[float, float] | None = Field(
+        None,
+        description="image folders only: random resized crops cover this range of the "
+        "image's area (default [0.08, 1.0], the standard ImageNet augmentation)",
+    )
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {v}")
+        return v
+
+
+FOLDER_DATASETS = ("imagenet", "image_folder")  # streamed from disk, see image_folder.py
 
 
 class DataConfig(_Strict):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10"] = "mnist"
+    dataset: Literal["mnist", "fashion_mnist", "cifar10", "imagenet", "image_folder"] = Field(
+        "mnist",
+        description="imagenet / image_folder: ROOT/train/<class>/* and ROOT/val/<class>/*, "
+        "decoded from disk batch by batch (the others are held in memory)",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     root: str | None = Field(
         None, description="data folder; --data-dir and $ADMMCOMPRESS_DATA take precedence"
@@ -326,6 +356,39 @@ class DataConfig(_Strict):
     test_subset: int | None = Field(None, ge=1, description="evaluate on a random subset")
     verify: bool = Field(True, description="check the files' md5 checksums")
     download: bool = Field(False, description="download missing files (needs a network)")
+    workers: int | None = Field(
+        None, ge=0, le=256, description="image folders: decoding processes (default 4)"
+    )
+    image_size: int | None = Field(
+        None, ge=8, le=4096, description="image folders: side of the square crops (default 224)"
+    )
+    eval_resize: int | None = Field(
+        None,
+        ge=8,
+        le=4096,
+        description="image folders: short side before the evaluation centre crop (default 256)",
+    )
+
+    @model_validator(mode="after")
+    def _fits_the_dataset(self) -> DataConfig:
+        folder_only = ["workers", "image_size", "eval_resize"]
+        given = [f for f in folder_only if getattr(self, f) is not None]
+        if self.augment.crop_scale is not None:
+            given.append("augment.crop_scale")
+        if self.dataset in FOLDER_DATASETS:
+            if self.augment.shift:
+                raise ValueError(
+                    "augment.shift is for the in-memory data sets; image folders are cropped "
+                    "at random already (see augment.crop_scale)"
+                )
+            if self.download:
+                raise ValueError(f"{self.dataset} cannot be downloaded: set download: false")
+        elif given:
+            raise ValueError(
+                f"{', '.join(given)} only apply to image folders (dataset: imagenet or "
+                f"image_folder), not to {self.dataset}"
+            )
+        return self
 
 
 class RuntimeConfig(_Strict):

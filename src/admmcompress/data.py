@@ -20,14 +20,19 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .augment import augment_batch
 from .registry import Registry
+
+if TYPE_CHECKING:
+    from .config import AugmentConfig
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -99,11 +104,14 @@ def _how_to_fix(layout: str) -> str:
 class Split:
     """One split (train or test) held entirely in memory.
 
-    ``x`` is float32 NCHW, already normalised; ``y`` holds int64 class indices.
+    ``x`` is float32 NCHW, already normalised; ``y`` holds int64 class indices. ``black``
+    is the normalised value of a black pixel per channel (what ``augment.pad: black``
+    brings in at the border); 0 when unknown.
     """
 
     x: Tensor
     y: Tensor
+    black: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         if self.x.shape[0] != self.y.shape[0]:
@@ -125,11 +133,72 @@ class Split:
             return self
         gen = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=gen)[:n].to(self.x.device)
-        return Split(self.x[idx], self.y[idx])
+        return replace(self, x=self.x[idx], y=self.y[idx])
 
     def to(self, device: torch.device | str) -> Split:
         """The same split on ``device`` (once, so batches never cross the bus)."""
-        return Split(self.x.to(device), self.y.to(device))
+        return replace(self, x=self.x.to(device), y=self.y.to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def as_channels_last(self) -> Split:
+        """Images stored NHWC once, so that every batch reaches the convolutions that way."""
+        if self.x.dim() != 4:
+            return self
+        return replace(self, x=self.x.contiguous(memory_format=torch.channels_last))
+
+    def train_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        rows: Callable[[int], slice] | None = None,
+        augment: AugmentConfig | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Shuffled, augmented ``(x, y, global batch size)``; ``rows(n)``: this rank's slice.
+
+        Every rank draws (and augments) the same global batch and keeps its slice, so the
+        generator advances alike everywhere and N processes see what one would.
+        """
+        for x, y in iterate_batches(self, batch_size, shuffle=True, generator=generator):
+            if augment is not None and (augment.shift or augment.hflip):
+                fill = self.black if augment.pad == "black" else None
+                x = augment_batch(x, augment.shift, augment.hflip, generator, fill)
+            n = y.numel()
+            if rows is not None:
+                r = rows(n)
+                x, y = x[r], y[r]
+            yield x, y, n
+
+    def eval_batches(
+        self, batch_size: int, rows: slice | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every sample once, in order; ``rows``: only this slice of the split."""
+        split = self if rows is None else replace(self, x=self.x[rows], y=self.y[rows])
+        return iterate_batches(split, batch_size, shuffle=False)
+
+
+class BatchSource(Protocol):
+    """What training and evaluation need of a split: in memory (``Split``) or streamed
+    from disk (``image_folder.FolderSplit``)."""
+
+    def __len__(self) -> int: ...
+    @property
+    def device(self) -> torch.device: ...
+    def subset(self, n: int, seed: int) -> BatchSource: ...
+    def to(self, device: torch.device | str) -> BatchSource: ...
+    def as_channels_last(self) -> BatchSource: ...
+    def train_batches(
+        self,
+        batch_size: int,
+        generator: torch.Generator,
+        rows: Callable[[int], slice] | None = None,
+        augment: AugmentConfig | None = None,
+    ) -> Iterator[tuple[Tensor, Tensor, int]]: ...
+    def eval_batches(
+        self, batch_size: int, rows: slice | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,8 +206,8 @@ class Dataset:
     """A named dataset with its train and test splits."""
 
     name: str
-    train: Split
-    test: Split
+    train: BatchSource
+    test: BatchSource
     num_classes: int
     input_shape: tuple[int, int, int]  # (C, H, W)
 
@@ -195,7 +264,12 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
 def available_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted."""
+    _register_folders()
     return _REGISTRY.names()
+
+
+def _register_folders() -> None:
+    from . import image_folder  # noqa: F401  (registers the streamed folder data sets)
 
 
 def load_dataset(
@@ -205,11 +279,12 @@ def load_dataset(
     verify: bool = True,
     download: bool = False,
 ) -> Dataset:
-    """Load dataset ``name`` from ``root`` into memory.
+    """Load dataset ``name`` from ``root`` (in memory, or streamed for image folders).
 
     ``verify`` checks md5 sums of the files as found; ``download`` lets torchvision
     fetch missing files into ``root`` (needs network access).
     """
+    _register_folders()
     loader = _REGISTRY.get(name.strip().lower().replace("-", "_"))
     return loader(Path(os.fspath(root)).expanduser(), verify, download)
 
@@ -246,6 +321,11 @@ def _normalise(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Te
     m = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
     return x.div_(255.0).sub_(m).div_(s)
+
+
+def _black(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[float, ...]:
+    """The normalised value of a black pixel (0 before normalising), per channel."""
+    return tuple(-m / s for m, s in zip(mean, std, strict=True))
 
 
 def _to_float_nchw(images: np.ndarray, *, channels_last: bool) -> Tensor:
@@ -489,7 +569,7 @@ def _load_idx_dataset(spec: _IdxSpec, root: Path, verify: bool, download: bool) 
                 f"{labels.shape[0]} labels; the files do not belong together."
             )
         x = _normalise(_to_float_nchw(images, channels_last=False), (spec.mean,), (spec.std,))
-        return Split(x, _labels(labels, 10, lbl_path))
+        return Split(x, _labels(labels, 10, lbl_path), _black((spec.mean,), (spec.std,)))
 
     return Dataset(
         name=spec.name,
@@ -569,7 +649,8 @@ def _cifar_from_batches(folder: Path, verify: bool) -> tuple[Split, Split]:
             xs.append(x)
             ys.append(_labels(y, 10, path))
         x_all = _to_float_nchw(np.concatenate(xs), channels_last=False)
-        return Split(_normalise(x_all, CIFAR10_MEAN, CIFAR10_STD), torch.cat(ys))
+        x_all = _normalise(x_all, CIFAR10_MEAN, CIFAR10_STD)
+        return Split(x_all, torch.cat(ys), _black(CIFAR10_MEAN, CIFAR10_STD))
 
     return split(_CIFAR10_TRAIN_BATCHES), split(_CIFAR10_TEST_BATCHES)
 
@@ -599,7 +680,7 @@ def _cifar_from_npz(path: Path, verify: bool) -> tuple[Split, Split]:
         if y.shape != (x.shape[0],):
             raise DataError(f"{path}: y_{what} must have shape ({x.shape[0]},), got {y.shape}.")
         x_t = _normalise(_to_float_nchw(x, channels_last=True), CIFAR10_MEAN, CIFAR10_STD)
-        return Split(x_t, _labels(y, 10, path))
+        return Split(x_t, _labels(y, 10, path), _black(CIFAR10_MEAN, CIFAR10_STD))
 
     return (
         split(arrays["x_train"], arrays["y_train"], "train"),

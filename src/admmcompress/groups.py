@@ -66,7 +66,14 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-__all__ = ["ChannelGroup", "channel_groups", "coupled_filter_scores", "describe_groups"]
+__all__ = [
+    "ChannelGroup",
+    "batchnorm_masks",
+    "channel_groups",
+    "coupled_filter_scores",
+    "coupled_filter_sets",
+    "describe_groups",
+]
 
 
 @dataclass
@@ -595,3 +602,61 @@ def coupled_filter_scores(model: nn.Module, group: ChannelGroup) -> Tensor:
         total = score if total is None else total + score.to(total.device)
     assert total is not None
     return total
+
+
+def coupled_filter_sets(
+    groups: list[ChannelGroup], filter_layers: set[str]
+) -> tuple[list[tuple[str, ...]], list[str]]:
+    """The producers that filter pruning must prune together, and why some groups cannot
+    shrink.
+
+    Returns one set per prunable group with two or more producers under filter rules (the
+    ``couple`` argument of ``ADMM``), and a note for each group that has filter-pruned
+    producers next to producers without a filter rule: its channels stay, since a channel
+    goes only when every producer drops it.
+    """
+    sets, notes = [], []
+    for g in groups:
+        ruled = [p for p in g.producers if p in filter_layers]
+        if not ruled or not g.prunable:
+            continue
+        if len(ruled) > 1:
+            sets.append(tuple(ruled))
+        free = [p for p in g.producers if p not in filter_layers]
+        if free:
+            notes.append(
+                f"channels of {', '.join(ruled)} are shared with {', '.join(free)}, which has "
+                "no filter rule: pruned filters stay zero but no channel can be removed; give "
+                "those layers the same filter rule to shrink the group"
+            )
+    return sets, notes
+
+
+def batchnorm_masks(
+    model: nn.Module, groups: list[ChannelGroup], masks: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """Entries of the groups' BatchNorms whose channel every producer has pruned whole.
+
+    Keyed ``"<bn>.weight"`` and ``"<bn>.bias"`` (False: held at zero). With its filters gone
+    a channel still carries the BatchNorm's shift; zeroing its scale and shift as well makes
+    the channel exactly zero, in training and in eval mode, so compact export can remove it.
+    Only groups whose producers all have masks are covered.
+    """
+    out: dict[str, Tensor] = {}
+    for g in groups:
+        if not g.prunable or not g.batchnorms or not g.producers:
+            continue
+        if not all(p in masks for p in g.producers):
+            continue
+        alive = torch.zeros(g.channels, dtype=torch.bool)
+        for p in g.producers:
+            m = masks[p]
+            alive |= m.reshape(m.shape[0], -1).any(dim=1).cpu()
+        if bool(alive.all()):
+            continue
+        for bn in g.batchnorms:
+            module = model.get_submodule(bn)
+            for param in ("weight", "bias"):
+                if getattr(module, param, None) is not None:
+                    out[f"{bn}.{param}"] = alive.to(getattr(module, param).device)
+    return out

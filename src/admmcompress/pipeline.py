@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,17 @@ from torch import Tensor, nn
 from . import __version__
 from .admm import ADMM
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError, PhaseConfig, RuleConfig, RunConfig, StepConfig, config_to_yaml
-from .constraints import Constraint, quantizer_of
-from .data import Dataset, Split, load_dataset, resolve_data_root
+from .config import (
+    FOLDER_DATASETS,
+    ConfigError,
+    PhaseConfig,
+    RuleConfig,
+    RunConfig,
+    StepConfig,
+    config_to_yaml,
+)
+from .constraints import Constraint, filter_rule, quantizer_of
+from .data import BatchSource, Dataset, load_dataset, resolve_data_root
 from .distributed import (
     SINGLE,
     DistContext,
@@ -34,7 +42,9 @@ from .distributed import (
     init_from_env,
     shutdown,
 )
-from .export import load_model, save_model
+from .export import load, load_model, save_model
+from .groups import ChannelGroup, batchnorm_masks, channel_groups, coupled_filter_sets
+from .image_folder import FolderOptions, load_image_folder
 from .masking import MaskEnforcer
 from .models import create_model
 from .progressive import (
@@ -111,14 +121,8 @@ def setup_runtime(cfg: RunConfig) -> torch.device:
 
 
 def _channels_last(data: Dataset) -> Dataset:
-    """Images stored NHWC once, so that every batch reaches the convolutions in that layout."""
-
-    def nhwc(split: Split) -> Split:
-        if split.x.dim() != 4:
-            return split
-        return Split(split.x.contiguous(memory_format=torch.channels_last), split.y)
-
-    return Dataset(data.name, nhwc(data.train), nhwc(data.test), data.num_classes, data.input_shape)
+    """Images in NHWC, so that every batch reaches the convolutions in that layout."""
+    return replace(data, train=data.train.as_channels_last(), test=data.test.as_channels_last())
 
 
 def layer_constraints(model: nn.Module, cfg: RunConfig) -> dict[str, Constraint]:
@@ -140,13 +144,24 @@ def load_run_data(
 ) -> Dataset:
     """The config's data set (and subsets), loaded once onto ``device``."""
     root = resolve_data_root(data_dir, cfg.data.root)
-    data = load_dataset(cfg.data.dataset, root, verify=cfg.data.verify, download=cfg.data.download)
+    d = cfg.data
+    if d.dataset in FOLDER_DATASETS:
+        defaults = FolderOptions()
+        options = FolderOptions(
+            image_size=d.image_size or defaults.image_size,
+            eval_resize=d.eval_resize or defaults.eval_resize,
+            crop_scale=d.augment.crop_scale or defaults.crop_scale,
+            workers=defaults.workers if d.workers is None else d.workers,
+        )
+        data = load_image_folder(d.dataset, root, options)
+    else:
+        data = load_dataset(d.dataset, root, verify=d.verify, download=d.download)
     train, test = data.train, data.test
-    if cfg.data.train_subset:
-        train = train.subset(cfg.data.train_subset, cfg.seed)
-    if cfg.data.test_subset:
-        test = test.subset(cfg.data.test_subset, cfg.seed)
-    return Dataset(data.name, train.to(device), test.to(device), data.num_classes, data.input_shape)
+    if d.train_subset:
+        train = train.subset(d.train_subset, cfg.seed)
+    if d.test_subset:
+        test = test.subset(d.test_subset, cfg.seed)
+    return replace(data, train=train.to(device), test=test.to(device))
 
 
 def load_weights(model: nn.Module, path: Path, model_name: str) -> dict[str, Tensor]:
@@ -208,7 +223,8 @@ class Pipeline:
         # Full-precision weights of quantized layers just before hardening: where the
         # retraining of those layers starts (STE shadows, or snap-and-freeze).
         self.quant_init: dict[str, Tensor] = {}
-        self.teacher: nn.Module | None = None  # loaded from TEACHER_FILE when a phase distills
+        self.groups: list[ChannelGroup] | None = None  # channel groups, for filter pruning
+        self.teachers: dict[str | None, nn.Module] = {}  # by path; None: TEACHER_FILE
         self.dist: DistContext = SINGLE
         self.generator = torch.Generator()
         self._session_start = time.perf_counter()
@@ -276,9 +292,13 @@ class Pipeline:
         torch.manual_seed(self.cfg.seed)
         self.generator.manual_seed(self.cfg.seed + 1)
         self.model = create_model(self.cfg.model.name, **self.cfg.model.args)
-        # Bad rules fail here, before any data is read.
+        # Bad rules and missing teachers fail here, before any data is read.
         for step in self.steps:
             check_step_selectors(self.model, step)
+            for phase in (step.admm, step.retrain):
+                given = phase.distill.teacher if phase.distill else None
+                if given is not None and not Path(given).is_file():
+                    raise RunFolderError(f"distill.teacher: {given} is not a file")
         if ckpt is None and self.cfg.init:
             self._load_init(Path(self.cfg.init))
         self.model.to(self.device)
@@ -412,13 +432,20 @@ class Pipeline:
                 rho_growth=acfg.rho_growth,
                 rho_max=acfg.rho_max,
                 rescale_dual=acfg.rescale_dual,
+                couple=coupled_filter_sets(self._filter_groups(), self._filter_layers())[0],
             )
         if self.masks:
             modules = dict(self.model.named_modules())
             weights = {n: modules[n].weight for n in self.masks}
             if isinstance(quant, STEQuantizer):
                 weights.update(quant.shadow)  # the optimizer moves the shadows
-            enforcer = MaskEnforcer(weights, self.masks)
+            masks = dict(self.masks)
+            if name != "admm":  # after hardening: pruned channels' BatchNorm entries stay 0
+                bn = self._batchnorm_masks()
+                params = dict(self.model.named_parameters())
+                weights.update({k: params[k] for k in bn})
+                masks.update(bn)
+            enforcer = MaskEnforcer(weights, masks)
             enforcer.attach(optimizer)
         if ckpt is not None and ckpt.get("optimizer") is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -455,7 +482,7 @@ class Pipeline:
                     progress=self.cfg.runtime.progress and self.dist.is_main,
                     desc=label,
                     augment=self.cfg.data.augment,
-                    teacher=self._teacher() if pcfg.distill else None,
+                    teacher=self._teacher(pcfg.distill.teacher) if pcfg.distill else None,
                     distill=pcfg.distill,
                     dist=self.dist,
                     autocast=self._autocast,
@@ -565,6 +592,9 @@ class Pipeline:
             }
             # Layers masked earlier (an init model's pruning) but under no rule keep theirs.
             self.masks = {**self.masks, **admm.harden()}
+            params = dict(self.model.named_parameters())
+            for key, keep in self._batchnorm_masks().items():
+                params[key].detach().masked_fill_(~keep, 0.0)
             for n, w in self.quant_init.items():  # pruned weights stay pruned for retraining
                 w.masked_fill_(~self.masks[n], 0.0)
             h_loss, h_acc = self._evaluate()
@@ -678,9 +708,35 @@ class Pipeline:
             ckpt = None
         return self._finalize()
 
+    def _filter_layers(self) -> set[str]:
+        return {n for n, c in self.constraints.items() if filter_rule(c) is not None}
+
+    def _filter_groups(self) -> list[ChannelGroup]:
+        """Channel groups with a producer under a filter rule (traced once per run)."""
+        if not self._filter_layers():
+            return []
+        if self.groups is None:
+            example = torch.zeros(1, *self.data.input_shape, device=self.device)
+            try:
+                self.groups = channel_groups(self.model, example)
+            except ValueError as e:  # not traceable: every layer is pruned on its own
+                log.warning("filter pruning without coupled layers: %s", e)
+                self.groups = []
+            for note in coupled_filter_sets(self.groups, self._filter_layers())[1]:
+                log.warning("%s", note)
+        ruled = self._filter_layers()
+        return [g for g in self.groups if any(p in ruled for p in g.producers)]
+
+    def _batchnorm_masks(self) -> dict[str, Tensor]:
+        return batchnorm_masks(self.model, self._filter_groups(), self.masks)
+
     def _keep_teacher(self) -> None:
         """Save the model as step 1 starts, if any phase will distill from it."""
-        uses = any(p.distill for st in self.steps for p in (st.admm, st.retrain))
+        uses = any(
+            p.distill and p.distill.teacher is None
+            for st in self.steps
+            for p in (st.admm, st.retrain)
+        )
         path = self.out / TEACHER_FILE
         if uses and not path.is_file() and self.dist.is_main:
             save_model(
@@ -688,25 +744,31 @@ class Pipeline:
             )
         self.dist.barrier()  # the other ranks read it from the (shared) run folder
 
-    def _teacher(self) -> nn.Module:
-        if self.teacher is None:
-            path = self.out / TEACHER_FILE
-            if self.dist.is_main and not path.is_file():
+    def _teacher(self, given: str | None) -> nn.Module:
+        """The model a phase distills from: a file the config names, or the one kept at step 1."""
+        if given not in self.teachers:
+            path = Path(given) if given is not None else self.out / TEACHER_FILE
+            if (given is not None or self.dist.is_main) and not path.is_file():
+                if given is not None:
+                    raise RunFolderError(f"distill.teacher: {path} is not a file")
                 raise RunFolderError(
                     f"{path} is missing: distillation was turned on after the run's first step "
                     "began, so the model it learns from (the one before step 1) was not kept. "
-                    "Start a new run, or drop 'distill'"
+                    "Start a new run, name a teacher file, or drop 'distill'"
                 )
-            if self.dist.is_main:
-                teacher = load_model(path, self.device).model
-            else:  # sent from rank 0: the other machines need not see the run folder
-                teacher = create_model(self.cfg.model.name, **self.cfg.model.args)
-                teacher.to(self.device)
-            broadcast_module(teacher, self.dist)
-            self.teacher = teacher.eval().requires_grad_(False)
-        return self.teacher
+            if given is not None:  # any architecture with the same outputs; every rank reads it
+                teacher = load(path, self.device)
+            else:
+                if self.dist.is_main:
+                    teacher = load(path, self.device)
+                else:  # sent from rank 0: the other machines need not see the run folder
+                    teacher = create_model(self.cfg.model.name, **self.cfg.model.args)
+                    teacher.to(self.device)
+                broadcast_module(teacher, self.dist)
+            self.teachers[given] = teacher.eval().requires_grad_(False)
+        return self.teachers[given]
 
-    def _scan_split(self) -> Split:
+    def _scan_split(self) -> BatchSource:
         """Training images the sensitivity scan scores on (never the test set)."""
         target = self.steps[self.state.step].target
         n = target.samples if target is not None else 5000

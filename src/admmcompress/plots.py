@@ -91,13 +91,15 @@ def plot_admm_residuals(report: dict[str, Any], path: Path) -> None:
     its = report["admm_residuals"]
     fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(dict.fromkeys(n for it in its for n in it["layers"]))
+    legend = len(names) <= 12  # beyond that a legend hides the plot: one thin line a layer
+    style = {"marker": "o", "ms": 3} if legend else {"lw": 0.7, "alpha": 0.6}
     for name in names:
         sel = [it for it in its if name in it["layers"]]
         xs = [it["iteration"] for it in sel]
-        ax_p.plot(xs, [it["layers"][name]["relative_primal"] for it in sel], "o-", ms=3, label=name)
-        ax_d.plot(
-            xs, [max(it["layers"][name]["dual"], 1e-12) for it in sel], "o-", ms=3, label=name
-        )
+        primal = [it["layers"][name]["relative_primal"] for it in sel]
+        dual = [max(it["layers"][name]["dual"], 1e-12) for it in sel]
+        ax_p.plot(xs, primal, label=name, **style)
+        ax_d.plot(xs, dual, label=name, **style)
     for st in {it.get("step", 1) for it in its} - {1}:  # step boundaries
         first = min(it["iteration"] for it in its if it.get("step", 1) == st)
         for ax in (ax_p, ax_d):
@@ -110,7 +112,10 @@ def plot_admm_residuals(report: dict[str, Any], path: Path) -> None:
     )
     for ax in (ax_p, ax_d):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if legend:
+            ax.legend(fontsize=8)
+        else:
+            ax.set_title(f"{ax.get_title()} ({len(names)} layers, one line each)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,4 +1,4 @@
-"""Epoch-level training and evaluation on in-memory tensors, plus optimizer/schedule factories."""
+"""Epoch-level training and evaluation over a batch source, plus optimizer/schedule factories."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .augment import augment_batch
 from .config import AugmentConfig, DistillConfig, OptimizerConfig, SchedulerConfig
-from .data import Split, iterate_batches, num_batches
+from .data import BatchSource, num_batches
 from .distributed import SINGLE, DistContext, all_reduce_gradients, all_reduce_sum
 
 
@@ -66,7 +65,7 @@ def build_scheduler(
 
 def train_epoch(
     model: nn.Module,
-    split: Split,
+    split: BatchSource,
     optimizer: torch.optim.Optimizer,
     *,
     batch_size: int,
@@ -100,21 +99,15 @@ def train_epoch(
     model.train()
     start = time.perf_counter()
     total = num_batches(len(split), batch_size)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    pen_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.x.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
+    pen_sum = torch.zeros((), dtype=torch.float64, device=split.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.device)
     bar = tqdm(total=total, desc=desc, leave=False, disable=not progress, unit="batch")
     seen = 0
     synced = list(model.parameters()) if params is None else params
-    for step, (x, y) in enumerate(
-        iterate_batches(split, batch_size, shuffle=True, generator=generator)
-    ):
-        if augment is not None and (augment.shift or augment.hflip):
-            x = augment_batch(x, augment.shift, augment.hflip, generator)
-        global_n = y.numel()
-        if dist.enabled:  # every rank drew the same global batch: keep this rank's slice
-            rows = dist.shard(global_n)
-            x, y = x[rows], y[rows]
+    rows = dist.shard if dist.enabled else None  # each rank keeps its slice of a global batch
+    batches = split.train_batches(batch_size, generator, rows, augment)
+    for step, (x, y, global_n) in enumerate(batches):
         with _autocast(x, autocast):
             logits = model(x)
             loss = F.cross_entropy(logits, y) if y.numel() else logits.sum() * 0.0
@@ -194,7 +187,7 @@ def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContex
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    split: Split,
+    split: BatchSource,
     batch_size: int = 1000,
     dist: DistContext = SINGLE,
     autocast: torch.dtype | None = None,
@@ -202,16 +195,13 @@ def evaluate(
     """(mean cross-entropy loss, accuracy in 0..1) over ``split`` (shared out over ranks)."""
     model.eval()
     n = len(split)
-    if dist.enabled:
-        rows = dist.shard(n)
-        split = Split(split.x[rows], split.y[rows])
-    loss_sum = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    correct = torch.zeros((), dtype=torch.float64, device=split.x.device)
-    if len(split):
-        for x, y in iterate_batches(split, batch_size, shuffle=False):
-            with _autocast(x, autocast):
-                logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(dim=1) == y).sum()
+    rows = dist.shard(n) if dist.enabled else None
+    loss_sum = torch.zeros((), dtype=torch.float64, device=split.device)
+    correct = torch.zeros((), dtype=torch.float64, device=split.device)
+    for x, y in split.eval_batches(batch_size, rows):
+        with _autocast(x, autocast):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(dim=1) == y).sum()
     totals = all_reduce_sum(torch.stack([loss_sum, correct]), dist)
     return float(totals[0]) / n, float(totals[1]) / n

@@ -6,6 +6,7 @@ from .pruning import (
     Column,
     Filter,
     Irregular,
+    coupled_group_masks,
     group_count,
     group_mask,
     irregular_mask,
@@ -36,7 +37,7 @@ from .quantization import (
     quantization_error,
     quantizer_of,
 )
-from .support import FixedSupport
+from .support import FixedSupport, filter_rule
 
 __all__ = [
     "Binary",
@@ -53,6 +54,8 @@ __all__ = [
     "check_bits",
     "check_on_grid",
     "count_levels",
+    "coupled_group_masks",
+    "filter_rule",
     "fit_binary",
     "fit_ternary",
     "fit_uniform",

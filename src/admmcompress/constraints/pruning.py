@@ -9,6 +9,7 @@ depends on the device, the dtype or the sort algorithm.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,26 @@ def group_mask(w: Tensor, k: int, axis: str) -> Tensor:
     """
     norms = _group_view(w.detach(), axis).double().pow(2).sum(dim=1)
     return _expand_group_mask(topk_mask(norms, k), w, axis).contiguous()
+
+
+def coupled_group_masks(ws: Sequence[Tensor], k: int, axis: str = "filter") -> list[Tensor]:
+    """Supports of the projection of ``(w_1, ..., w_m)`` onto {the same k groups non-zero in
+    every ``w_j``}: the k groups with the largest squared L2 norm summed over all tensors.
+
+    Exact, because zeroing group ``g`` everywhere costs ``sum_j ||w_j[g]||^2`` and the costs
+    of different groups add up. This is how coupled layers (the convolutions feeding one
+    residual sum) lose the same filters, so that the channel disappears from all of them.
+    """
+    if not ws:
+        raise ValueError("coupled pruning needs at least one tensor")
+    counts = {group_count(w, axis) for w in ws}
+    if len(counts) != 1:
+        raise ValueError(f"coupled tensors must have the same number of {axis}s, got {counts}")
+    norms = torch.stack(
+        [_group_view(w.detach(), axis).double().pow(2).sum(dim=1).to(ws[0].device) for w in ws]
+    ).sum(dim=0)
+    keep = topk_mask(norms, k)
+    return [_expand_group_mask(keep.to(w.device), w, axis).contiguous() for w in ws]
 
 
 def project_irregular(w: Tensor, k: int) -> Tensor:

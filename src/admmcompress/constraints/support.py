@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .base import Constraint
+from .pruning import Filter
 from .quantization import QUANTIZERS, PrunedQuantized, check_on_grid, project_pruned_quantized
 
 
@@ -79,3 +80,12 @@ class FixedSupport(Constraint):
         if isinstance(self.inner, QUANTIZERS):
             return f"earlier mask + {self.inner.describe()}"
         return self.inner.describe()
+
+
+def filter_rule(c: Constraint) -> tuple[Filter, Tensor | None] | None:
+    """(the filter rule, its fixed support or None) if ``c`` prunes whole filters, else None."""
+    if isinstance(c, Filter):
+        return c, None
+    if isinstance(c, FixedSupport) and isinstance(c.inner, Filter):
+        return c.inner, c.support
+    return None
