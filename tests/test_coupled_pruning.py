@@ -18,9 +18,9 @@ from admmcompress import ADMM, register_model
 from admmcompress.cli import main
 from admmcompress.compact import compact_model
 from admmcompress.config import load_config
-from admmcompress.constraints import Filter, Irregular, coupled_group_masks
+from admmcompress.constraints import Channel, Filter, Irregular, coupled_group_masks
 from admmcompress.export import load_model
-from admmcompress.groups import batchnorm_masks, channel_groups, coupled_filter_sets
+from admmcompress.groups import batchnorm_masks, channel_groups, coupled_layer_sets
 from admmcompress.models import create_model
 from admmcompress.pipeline import layer_constraints
 
@@ -57,12 +57,42 @@ def test_coupled_masks_are_the_exact_joint_projection(
 
 def test_coupling_errors_name_the_layers() -> None:
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3))
-    with pytest.raises(ValueError, match="'1' must be under a filter-pruning rule"):
+    with pytest.raises(ValueError, match="'1' must be under a filter or channel rule"):
         ADMM(model, {"0": Filter(keep=0.5), "1": Irregular(keep=0.5)}, couple=[("0", "1")])
     with pytest.raises(ValueError, match=r"same number of filters.*0: 2, 1: 1"):
         ADMM(model, {"0": Filter(keep=0.5), "1": Filter(keep=0.25)}, couple=[("0", "1")])
     with pytest.raises(ValueError, match="'2' has no ADMM rule"):
         ADMM(model, {"0": Filter(keep=0.5)}, couple=[("0", "2")])
+    with pytest.raises(ValueError, match="all prune filters or all channels"):
+        ADMM(model, {"1": Filter(keep=0.5), "2": Channel(keep=0.5)}, couple=[("1", "2")])
+
+
+def test_channel_rules_on_a_stage_s_readers_drop_the_same_inputs_and_compact_exactly() -> None:
+    """Channel pruning from the reading side: every layer that reads ResNet-20's stage-3
+    channels (the next blocks' conv1 and the classifier) drops the same ones; compact export
+    then removes them from the writers too (nothing reads them)."""
+    torch.manual_seed(1)
+    model = create_model("resnet20_cifar")
+    x = torch.randn(2, 3, 32, 32)
+    readers = ["layer3.1.conv1", "layer3.2.conv1", "fc"]
+    constraints = {n: Channel(keep=0.25) for n in readers}
+    groups = channel_groups(model, x[:1])
+    sets, notes = coupled_layer_sets(model, groups, {n: "channel" for n in readers})
+    assert sets == [tuple(readers)] and notes == []
+    admm = ADMM(model, constraints, rho=1e-2, couple=sets)
+    with torch.no_grad():
+        admm.update()
+        masks = admm.harden()
+    cols = [masks[n].transpose(0, 1).reshape(64, -1).all(dim=1) for n in readers]
+    assert all(torch.equal(c, cols[0]) for c in cols) and int(cols[0].sum()) == 16
+    model.eval()
+    result = compact_model(model, x[:1])
+    small = result.model.eval()
+    assert small.layer3[2].conv2.out_channels == 16 and small.fc.in_features == 16
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
+    _, notes = coupled_layer_sets(model, groups, {"fc": "channel", "layer3.1.conv1": "channel"})
+    assert len(notes) == 1 and "layer3.2.conv1" in notes[0]
 
 
 def test_resnet20_recipe_prunes_whole_residual_channels_and_compacts_exactly() -> None:
@@ -74,7 +104,7 @@ def test_resnet20_recipe_prunes_whole_residual_channels_and_compacts_exactly() -
     cfg = load_config(REPO / "configs" / "resnet20_cifar10_filter.yaml")
     constraints = layer_constraints(model, cfg)
     groups = channel_groups(model, x[:1])
-    sets, notes = coupled_filter_sets(groups, set(constraints))
+    sets, notes = coupled_layer_sets(model, groups, {n: "filter" for n in constraints})
     assert notes == []  # the stem and the projection shortcuts are pruned too
     assert sorted(len(s) for s in sets) == [4, 4, 4]
     admm = ADMM(model, constraints, rho=1e-2, couple=sets)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .constraints import Constraint, coupled_group_masks, filter_rule
+from .constraints import Constraint, coupled_group_masks, structured_rule
 from .selection import select_layers
 
 
@@ -72,9 +72,10 @@ class ADMM:
             Boyd et al. 2011, sec. 3.4.1). The authors' code skips this; it matters little
             for small growth factors but keeps the unscaled multiplier continuous.
         couple: sets of layer names under ``filter`` rules that must lose the same filters
-            (e.g. the convolutions feeding one residual sum: ``groups.coupled_filter_sets``
-            finds them). Their Z-step is one joint projection (``coupled_group_masks``), so
-            that a pruned channel is gone from every layer that writes it.
+            (the convolutions writing one residual sum), or under ``channel`` rules that must
+            drop the same input channels (the layers reading it); ``groups.coupled_layer_sets``
+            finds them. Their Z-step is one joint projection (``coupled_group_masks``), so
+            that a pruned channel is gone from every layer that writes (or reads) it.
     """
 
     def __init__(
@@ -121,38 +122,43 @@ class ADMM:
                     raise ValueError(f"coupled layer {n!r} has no ADMM rule")
                 if n in seen:
                     raise ValueError(f"layer {n!r} is in more than one coupled set")
-                if filter_rule(self.layers[n].constraint) is None:
+                if structured_rule(self.layers[n].constraint) is None:
                     raise ValueError(
-                        f"coupled layer {n!r} must be under a filter-pruning rule, not "
+                        f"coupled layer {n!r} must be under a filter or channel rule, not "
                         f"{self.layers[n].constraint.describe()}"
                     )
                 seen.add(n)
-            ks = {n: self._filter_k(n) for n in names}
+            axes = {n: self._rule(n)[0].axis for n in names}
+            if len(set(axes.values())) != 1:
+                raise ValueError(
+                    "coupled layers must all prune filters or all channels, got "
+                    + ", ".join(f"{n}: {a}" for n, a in axes.items())
+                )
+            ks = {n: self._rule(n)[0].k(self.layers[n].weight) for n in names}
             if len(set(ks.values())) != 1:
                 raise ValueError(
-                    "coupled layers must keep the same number of filters, got "
+                    f"coupled layers must keep the same number of {axes[names[0]]}s, got "
                     + ", ".join(f"{n}: {k}" for n, k in ks.items())
                 )
 
-    def _filter_k(self, name: str) -> int:
-        rule = filter_rule(self.layers[name].constraint)
+    def _rule(self, name: str) -> tuple[Constraint, Tensor | None]:
+        rule = structured_rule(self.layers[name].constraint)
         assert rule is not None
-        return rule[0].k(self.layers[name].weight)
+        return rule
 
     def _coupled_masks(self, value: Callable[[str], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per coupled layer: (its value restricted to its support, the joint filter mask)."""
+        """Per coupled layer: (its value restricted to its support, the joint group mask)."""
         out = {}
         for names in self.coupled:
-            vs = []
-            for n in names:
-                rule = filter_rule(self.layers[n].constraint)
-                assert rule is not None
-                vs.append(value(n) if rule[1] is None else value(n) * rule[1])
-            masks = coupled_group_masks(vs, self._filter_k(names[0]), "filter")
-            for n, v, m in zip(names, vs, masks, strict=True):
-                rule = filter_rule(self.layers[n].constraint)
-                assert rule is not None
-                out[n] = (v, m if rule[1] is None else m & rule[1].to(torch.bool))
+            rules = [self._rule(n) for n in names]
+            vs = [
+                value(n) if s is None else value(n) * s
+                for n, (_, s) in zip(names, rules, strict=True)
+            ]
+            first = rules[0][0]
+            masks = coupled_group_masks(vs, first.k(self.layers[names[0]].weight), first.axis)
+            for n, v, m, (_, s) in zip(names, vs, masks, rules, strict=True):
+                out[n] = (v, m if s is None else m & s.to(torch.bool))
         return out
 
     # -- W-step -------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ __all__ = [
     "batchnorm_masks",
     "channel_groups",
     "coupled_filter_scores",
-    "coupled_filter_sets",
+    "coupled_layer_sets",
     "describe_groups",
 ]
 
@@ -604,31 +604,47 @@ def coupled_filter_scores(model: nn.Module, group: ChannelGroup) -> Tensor:
     return total
 
 
-def coupled_filter_sets(
-    groups: list[ChannelGroup], filter_layers: set[str]
+def coupled_layer_sets(
+    model: nn.Module, groups: list[ChannelGroup], axes: dict[str, str]
 ) -> tuple[list[tuple[str, ...]], list[str]]:
-    """The producers that filter pruning must prune together, and why some groups cannot
+    """The layers that structured pruning must prune together, and why some groups cannot
     shrink.
 
-    Returns one set per prunable group with two or more producers under filter rules (the
-    ``couple`` argument of ``ADMM``), and a note for each group that has filter-pruned
-    producers next to producers without a filter rule: its channels stay, since a channel
-    goes only when every producer drops it.
+    ``axes`` maps a layer to the kind of its structured rule (``"filter"`` or ``"channel"``).
+    Returns, per prunable group, the producers under filter rules (they must drop the same
+    filters) and the consumers under channel rules (the same input channels) when there are
+    two or more of them: the ``couple`` argument of ``ADMM``. The notes name groups that
+    cannot lose a channel whatever the rules give: filter-pruned producers beside producers
+    without a filter rule, channel-pruned consumers beside consumers without a channel rule.
+    A consumer that reads the group through a flatten (several features per channel) is left
+    to its own rule.
     """
-    sets, notes = [], []
+    sets: list[tuple[str, ...]] = []
+    notes: list[str] = []
     for g in groups:
-        ruled = [p for p in g.producers if p in filter_layers]
-        if not ruled or not g.prunable:
+        if not g.prunable:
             continue
-        if len(ruled) > 1:
-            sets.append(tuple(ruled))
-        free = [p for p in g.producers if p not in filter_layers]
-        if free:
-            notes.append(
-                f"channels of {', '.join(ruled)} are shared with {', '.join(free)}, which has "
-                "no filter rule: pruned filters stay zero but no channel can be removed; give "
-                "those layers the same filter rule to shrink the group"
-            )
+        readers = [
+            c
+            for c in g.consumers
+            if model.get_submodule(c).weight.shape[1] == g.channels  # not through a flatten
+        ]
+        for members, axis, role in (
+            (g.producers, "filter", "writes"),
+            (readers, "channel", "reads"),
+        ):
+            ruled = [n for n in members if axes.get(n) == axis]
+            if not ruled:
+                continue
+            if len(ruled) > 1:
+                sets.append(tuple(ruled))
+            free = [n for n in members if axes.get(n) != axis]
+            if free:
+                notes.append(
+                    f"{', '.join(ruled)} ({axis} rules) share channels with {', '.join(free)}, "
+                    f"which also {role} them without a {axis} rule: pruned {axis}s stay zero "
+                    f"but no channel can be removed; give those layers the same {axis} rule"
+                )
     return sets, notes
 
 

@@ -30,7 +30,7 @@ from .config import (
     StepConfig,
     config_to_yaml,
 )
-from .constraints import Constraint, filter_rule, quantizer_of
+from .constraints import Constraint, quantizer_of, structured_rule
 from .data import BatchSource, Dataset, load_dataset, resolve_data_root
 from .distributed import (
     SINGLE,
@@ -43,7 +43,7 @@ from .distributed import (
     shutdown,
 )
 from .export import load, load_model, save_model
-from .groups import ChannelGroup, batchnorm_masks, channel_groups, coupled_filter_sets
+from .groups import ChannelGroup, batchnorm_masks, channel_groups, coupled_layer_sets
 from .image_folder import FolderOptions, load_image_folder
 from .masking import MaskEnforcer
 from .models import create_model
@@ -432,7 +432,7 @@ class Pipeline:
                 rho_growth=acfg.rho_growth,
                 rho_max=acfg.rho_max,
                 rescale_dual=acfg.rescale_dual,
-                couple=coupled_filter_sets(self._filter_groups(), self._filter_layers())[0],
+                couple=coupled_layer_sets(self.model, self._structured_groups(), self._axes())[0],
             )
         if self.masks:
             modules = dict(self.model.named_modules())
@@ -708,27 +708,34 @@ class Pipeline:
             ckpt = None
         return self._finalize()
 
-    def _filter_layers(self) -> set[str]:
-        return {n for n, c in self.constraints.items() if filter_rule(c) is not None}
+    def _axes(self) -> dict[str, str]:
+        """Layers under filter or channel rules in this step, and which of the two."""
+        return {
+            n: rule[0].axis
+            for n, c in self.constraints.items()
+            if (rule := structured_rule(c)) is not None
+        }
 
-    def _filter_groups(self) -> list[ChannelGroup]:
-        """Channel groups with a producer under a filter rule (traced once per run)."""
-        if not self._filter_layers():
+    def _structured_groups(self) -> list[ChannelGroup]:
+        """Channel groups touched by a filter or channel rule (the model is traced once)."""
+        axes = self._axes()
+        if not axes:
             return []
         if self.groups is None:
             example = torch.zeros(1, *self.data.input_shape, device=self.device)
             try:
                 self.groups = channel_groups(self.model, example)
             except ValueError as e:  # not traceable: every layer is pruned on its own
-                log.warning("filter pruning without coupled layers: %s", e)
+                log.warning("structured pruning without coupled layers: %s", e)
                 self.groups = []
-            for note in coupled_filter_sets(self.groups, self._filter_layers())[1]:
+            for note in coupled_layer_sets(self.model, self.groups, axes)[1]:
                 log.warning("%s", note)
-        ruled = self._filter_layers()
-        return [g for g in self.groups if any(p in ruled for p in g.producers)]
+        return [g for g in self.groups if any(n in axes for n in g.producers + g.consumers)]
 
     def _batchnorm_masks(self) -> dict[str, Tensor]:
-        return batchnorm_masks(self.model, self._filter_groups(), self.masks)
+        filters = {n for n, a in self._axes().items() if a == "filter"}
+        groups = [g for g in self._structured_groups() if filters & set(g.producers)]
+        return batchnorm_masks(self.model, groups, self.masks)
 
     def _keep_teacher(self) -> None:
         """Save the model as step 1 starts, if any phase will distill from it."""

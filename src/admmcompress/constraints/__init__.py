@@ -37,7 +37,7 @@ from .quantization import (
     quantization_error,
     quantizer_of,
 )
-from .support import FixedSupport, filter_rule
+from .support import FixedSupport, structured_rule
 
 __all__ = [
     "Binary",
@@ -55,7 +55,6 @@ __all__ = [
     "check_on_grid",
     "count_levels",
     "coupled_group_masks",
-    "filter_rule",
     "fit_binary",
     "fit_ternary",
     "fit_uniform",
@@ -77,5 +76,6 @@ __all__ = [
     "quantization_error",
     "quantizer_of",
     "register_constraint",
+    "structured_rule",
     "topk_mask",
 ]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .base import Constraint
-from .pruning import Filter
+from .pruning import Channel, Filter
 from .quantization import QUANTIZERS, PrunedQuantized, check_on_grid, project_pruned_quantized
 
 
@@ -82,10 +82,11 @@ class FixedSupport(Constraint):
         return self.inner.describe()
 
 
-def filter_rule(c: Constraint) -> tuple[Filter, Tensor | None] | None:
-    """(the filter rule, its fixed support or None) if ``c`` prunes whole filters, else None."""
-    if isinstance(c, Filter):
+def structured_rule(c: Constraint) -> tuple[Filter | Channel, Tensor | None] | None:
+    """(the filter or channel rule, its fixed support or None) if ``c`` prunes whole filters
+    or input channels, else None. Such rules can be coupled across layers (``ADMM``)."""
+    if isinstance(c, Filter | Channel):
         return c, None
-    if isinstance(c, FixedSupport) and isinstance(c.inner, Filter):
+    if isinstance(c, FixedSupport) and isinstance(c.inner, Filter | Channel):
         return c.inner, c.support
     return None
