@@ -92,7 +92,6 @@ class FolderSplit:
     """One split of an image folder: file paths and labels, decoded batch by batch."""
 
     samples: tuple[tuple[str, int], ...]
-    train: bool
     options: FolderOptions
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     channels_last: bool = False
@@ -133,7 +132,7 @@ class FolderSplit:
         for start in range(0, n, batch_size):
             chunk = pairs[start : start + batch_size]
             batches.append((chunk[rows(len(chunk))] if rows else chunk, len(chunk)))
-        yield from self._load(batches, hflip=bool(augment and augment.hflip))
+        yield from self._load(batches, train=True, hflip=bool(augment and augment.hflip))
 
     def eval_batches(
         self, batch_size: int, rows: slice | None = None
@@ -144,15 +143,15 @@ class FolderSplit:
             ([(i, 0) for i in index[s : s + batch_size]], 0)
             for s in range(0, len(index), batch_size)
         ]
-        for x, y, _ in self._load(batches, hflip=False):
+        for x, y, _ in self._load(batches, train=False, hflip=False):
             yield x, y
 
     def _load(
-        self, batches: list[tuple[list[tuple[int, int]], int]], hflip: bool
+        self, batches: list[tuple[list[tuple[int, int]], int]], train: bool, hflip: bool
     ) -> Iterator[tuple[Tensor, Tensor, int]]:
         workers = self.options.workers
         loader = DataLoader(
-            _Images(list(self.samples), self.train, self.options, hflip),
+            _Images(list(self.samples), train, self.options, hflip),
             batch_sampler=[items for items, _ in batches],
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
@@ -211,8 +210,8 @@ def load_image_folder(name: str, root: str | os.PathLike, options: FolderOptions
         )
     return Dataset(
         name,
-        FolderSplit(tuple(train), True, options),  # type: ignore[arg-type]
-        FolderSplit(tuple(test), False, options),  # type: ignore[arg-type]
+        FolderSplit(tuple(train), options),  # type: ignore[arg-type]
+        FolderSplit(tuple(test), options),  # type: ignore[arg-type]
         len(classes),
         (3, size, size),
     )
