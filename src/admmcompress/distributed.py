@@ -22,10 +22,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,15 @@ def gather_objects(obj: object, ctx: DistContext) -> list[object]:
     out: list[object] = [None] * ctx.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: T, ctx: DistContext) -> T:
+    """Rank 0's ``obj`` on every rank (picklable objects only)."""
+    if not ctx.enabled:
+        return obj
+    box: list[object] = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
 
 
 def check_identical(state: Mapping[str, Tensor], ctx: DistContext, what: str) -> None:

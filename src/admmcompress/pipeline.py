@@ -37,6 +37,7 @@ from .distributed import (
     DistContext,
     broadcast_buffers,
     broadcast_module,
+    broadcast_object,
     check_identical,
     gather_objects,
     init_from_env,
@@ -796,6 +797,9 @@ class Pipeline:
             return evaluate(self.model, split, self.cfg.data.eval_batch_size)
 
         plan: StepPlan = plan_step(self.model, step, carried, self.masks, score)
+        # Every rank plans (a scan takes as long everywhere, so nobody waits on a collective
+        # meanwhile); rank 0's plan is the one used, so that ranks can never disagree.
+        plan = broadcast_object(plan, self.dist)
         self.rules = plan.rules
         self.constraints = step_constraints(self.model, self.rules, self.support)
         self.plan_info = plan.allocation
