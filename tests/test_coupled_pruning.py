@@ -170,7 +170,10 @@ def test_a_run_keeps_pruned_channels_batchnorm_at_zero_and_exports_smaller(
         "data": {"train_subset": 256, "test_subset": 200, "batch_size": 64},
         "admm": {"epochs": 2, "period": 1, "rho": 0.01},
         "retrain": {"epochs": 1},
-        "rules": {"conv*": {"prune": "filter", "keep": 0.5}},
+        "steps": [  # the second step quantizes: the filter pruning (and zero BN) carries on
+            {"rules": {"conv*": {"prune": "filter", "keep": 0.5}}},
+            {"rules": {"conv*": {"quantize": 4}}, "admm": {"epochs": 1}},
+        ],
         "runtime": {"progress": False},
     }
     path = tmp_path / "c.yaml"

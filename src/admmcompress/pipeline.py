@@ -717,11 +717,8 @@ class Pipeline:
             if (rule := structured_rule(c)) is not None
         }
 
-    def _structured_groups(self) -> list[ChannelGroup]:
-        """Channel groups touched by a filter or channel rule (the model is traced once)."""
-        axes = self._axes()
-        if not axes:
-            return []
+    def _channel_groups(self) -> list[ChannelGroup]:
+        """The model's channel groups, traced once (none for a model fx cannot trace)."""
         if self.groups is None:
             example = torch.zeros(1, *self.data.input_shape, device=self.device)
             try:
@@ -729,13 +726,24 @@ class Pipeline:
             except ValueError as e:  # not traceable: every layer is pruned on its own
                 log.warning("structured pruning without coupled layers: %s", e)
                 self.groups = []
-            for note in coupled_layer_sets(self.model, self.groups, axes)[1]:
+            for note in coupled_layer_sets(self.model, self.groups, self._axes())[1]:
                 log.warning("%s", note)
-        return [g for g in self.groups if any(n in axes for n in g.producers + g.consumers)]
+        return self.groups
+
+    def _structured_groups(self) -> list[ChannelGroup]:
+        """Channel groups touched by this step's filter or channel rules."""
+        axes = self._axes()
+        if not axes:
+            return []
+        return [g for g in self._channel_groups() if axes.keys() & {*g.producers, *g.consumers}]
 
     def _batchnorm_masks(self) -> dict[str, Tensor]:
-        filters = {n for n, a in self._axes().items() if a == "filter"}
-        groups = [g for g in self._structured_groups() if filters & set(g.producers)]
+        """BatchNorm entries of channels removed by filter rules, held at zero from the
+        hardening on, in later steps too (their rules carry the filter pruning along)."""
+        filters = {n for n, r in self.rules.items() if r.prune == "filter"}
+        if not filters:
+            return {}
+        groups = [g for g in self._channel_groups() if filters & set(g.producers)]
         return batchnorm_masks(self.model, groups, self.masks)
 
     def _keep_teacher(self) -> None:
