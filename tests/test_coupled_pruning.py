@@ -17,12 +17,13 @@ from torch import nn
 from admmcompress import ADMM, register_model
 from admmcompress.cli import main
 from admmcompress.compact import compact_model
-from admmcompress.config import load_config
+from admmcompress.config import RuleConfig, load_config
 from admmcompress.constraints import Channel, Filter, Irregular, coupled_group_masks
 from admmcompress.export import load_model
 from admmcompress.groups import batchnorm_masks, channel_groups, coupled_layer_sets
 from admmcompress.models import create_model
 from admmcompress.pipeline import layer_constraints
+from admmcompress.progressive import rule_constraint
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -93,6 +94,26 @@ def test_channel_rules_on_a_stage_s_readers_drop_the_same_inputs_and_compact_exa
         torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
     _, notes = coupled_layer_sets(model, groups, {"fc": "channel", "layer3.1.conv1": "channel"})
     assert len(notes) == 1 and "layer3.2.conv1" in notes[0]
+
+
+def test_coupled_filters_that_are_also_quantized_stay_on_their_grids() -> None:
+    """{prune: filter, quantize: 3}: the kept filters are chosen jointly, then each layer's
+    kept weights are quantized with its own scale."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3), nn.Conv2d(2, 6, 3))
+    rules = {
+        n: rule_constraint(RuleConfig(prune="filter", keep=0.5, quantize=3)) for n in ("0", "1")
+    }
+    admm = ADMM(model, rules, rho=1e-2, couple=[("0", "1")])
+    with torch.no_grad():
+        admm.update()
+        masks = admm.harden()
+    rows = [masks[n].reshape(6, -1).all(dim=1) for n in ("0", "1")]
+    assert torch.equal(rows[0], rows[1]) and int(rows[0].sum()) == 3
+    for n, c in rules.items():
+        w = model.get_submodule(n).weight
+        assert c.violation(w) is None  # 3 filters, 3-bit grid
+        assert torch.all(w[~masks[n]] == 0) and len(torch.unique(w[masks[n]].abs())) <= 4
 
 
 def test_resnet20_recipe_prunes_whole_residual_channels_and_compacts_exactly() -> None:

@@ -137,6 +137,17 @@ def test_a_named_teacher_file_is_used_instead_of_the_step_one_model(
     report = yaml.safe_load((tmp_path / "run" / "report.json").read_text())
     assert report["phases"]["retrain"]["test_accuracy"] > 0.5  # labels unused (weight 1)
 
+    from admmcompress.export import save_model
+
+    other = tmp_path / "five_classes.safetensors"
+    five = create_model("lenet5", num_classes=5)
+    save_model(other, five, {}, model_name="lenet5", model_args={"num_classes": 5})
+    cfg["retrain"]["distill"]["teacher"] = str(other)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    out = ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run3")]
+    assert main([*out, "--data-dir", str(Path(__file__).parents[1] / "data")]) != 0
+    assert not (tmp_path / "run3" / "checkpoint.pt").exists()  # refused before training
+
     cfg["retrain"]["distill"]["teacher"] = str(tmp_path / "missing.safetensors")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     out = ["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run2")]

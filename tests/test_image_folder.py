@@ -81,6 +81,10 @@ def test_rank_slices_make_up_the_global_batch(folder: Path) -> None:
     for (x, y, n), (x0, y0, n0), (x1, y1, n1) in zip(full, *halves, strict=True):
         assert n == n0 == n1
         assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    # more ranks than images in a batch: some slices are empty, every rank still gets through
+    for r in range(5):
+        got = _epoch(train, 3, lambda n, r=r: slice(n * r // 5, n * (r + 1) // 5))
+        assert [n for *_, n in got] == [n for *_, n in full]
     test = load_image_folder("imagenet", folder, OPTS).test
     whole = torch.cat([x for x, _ in test.eval_batches(4)])
     parts = [torch.cat([x for x, _ in test.eval_batches(4, s)]) for s in (slice(0, 3), slice(3, 6))]
@@ -127,6 +131,8 @@ def test_corrupt_image_is_named(tmp_path: Path) -> None:
         ({"dataset": "cifar10", "augment": {"crop_scale": [0.1, 1]}}, "only apply"),
         ({"dataset": "imagenet", "augment": {"crop_scale": [0.5, 0.2]}}, "crop_scale"),
         ({"dataset": "imagenet", "download": True}, "cannot be downloaded"),
+        ({"dataset": "imagenet", "augment": {"pad": "black"}}, "cropped instead"),
+        ({"dataset": "imagenet", "image_size": 288, "eval_resize": 256}, "at least image_size"),
     ],
 )
 def test_config_refuses_options_that_do_not_fit(data: dict, message: str) -> None:
@@ -160,3 +166,5 @@ def test_resnet50_recipe_runs_on_a_fake_image_folder(tmp_path: Path) -> None:
             or abs(r["nonzero"] - r["params"] * 0.115) <= 1
         )
     assert layers["fc"]["nonzero"] == round(2048 * 1000 * 0.2)
+    # eval crops as the run did (image size and resize from the model file's metadata)
+    assert main(["eval", str(tmp_path / "run"), "--data-dir", str(root)]) == 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .constraints import Constraint, coupled_group_masks, structured_rule
+from .constraints import Constraint, StructuredRule, coupled_group_masks, structured_rule
 from .selection import select_layers
 
 
@@ -110,9 +110,9 @@ class ADMM:
         }
         self.coupled = [tuple(names) for names in couple if len(names) > 1]
         self._check_coupling()
-        for n, (v, m) in self._coupled_masks(lambda n: self.layers[n].weight.detach()).items():
-            self.layers[n].z = v * m
-            self.layers[n].target = self.layers[n].z.clone()
+        for n, (z, _) in self._coupled(lambda n: self.layers[n].weight.detach()).items():
+            self.layers[n].z = z
+            self.layers[n].target = z.clone()
 
     def _check_coupling(self) -> None:
         seen: set[str] = set()
@@ -128,37 +128,40 @@ class ADMM:
                         f"{self.layers[n].constraint.describe()}"
                     )
                 seen.add(n)
-            axes = {n: self._rule(n)[0].axis for n in names}
+            axes = {n: self._rule(n).rule.axis for n in names}
             if len(set(axes.values())) != 1:
                 raise ValueError(
                     "coupled layers must all prune filters or all channels, got "
                     + ", ".join(f"{n}: {a}" for n, a in axes.items())
                 )
-            ks = {n: self._rule(n)[0].k(self.layers[n].weight) for n in names}
+            ks = {n: self._rule(n).rule.k(self.layers[n].weight) for n in names}
             if len(set(ks.values())) != 1:
                 raise ValueError(
                     f"coupled layers must keep the same number of {axes[names[0]]}s, got "
                     + ", ".join(f"{n}: {k}" for n, k in ks.items())
                 )
 
-    def _rule(self, name: str) -> tuple[Constraint, Tensor | None]:
+    def _rule(self, name: str) -> StructuredRule:
         rule = structured_rule(self.layers[name].constraint)
         assert rule is not None
         return rule
 
-    def _coupled_masks(self, value: Callable[[str], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per coupled layer: (its value restricted to its support, the joint group mask)."""
+    def _coupled(self, value: Callable[[str], Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per coupled layer: (its projection, its mask), the kept groups chosen jointly."""
         out = {}
         for names in self.coupled:
             rules = [self._rule(n) for n in names]
             vs = [
-                value(n) if s is None else value(n) * s
-                for n, (_, s) in zip(names, rules, strict=True)
+                value(n) if r.support is None else value(n) * r.support
+                for n, r in zip(names, rules, strict=True)
             ]
-            first = rules[0][0]
-            masks = coupled_group_masks(vs, first.k(self.layers[names[0]].weight), first.axis)
-            for n, v, m, (_, s) in zip(names, vs, masks, rules, strict=True):
-                out[n] = (v, m if s is None else m & s.to(torch.bool))
+            first = rules[0].rule
+            k = first.k(self.layers[names[0]].weight)
+            masks = coupled_group_masks(vs, k, first.axis)
+            for n, v, m, r in zip(names, vs, masks, rules, strict=True):
+                if r.support is not None:
+                    m = m & r.support.to(device=m.device, dtype=torch.bool)
+                out[n] = (r.finish(v, m), m)
         return out
 
     # -- W-step -------------------------------------------------------------------------------
@@ -194,8 +197,8 @@ class ADMM:
         """One ADMM iteration after a W-step: Z = Proj(W + U), U += W - Z, rho *= growth."""
         out: dict[str, Residual] = {}
         joint = {
-            n: v * m
-            for n, (v, m) in self._coupled_masks(
+            n: z
+            for n, (z, _) in self._coupled(
                 lambda n: self.layers[n].weight.detach() + self.layers[n].u
             ).items()
         }
@@ -236,12 +239,12 @@ class ADMM:
         is only quantized); retraining keeps the others at zero.
         """
         masks = {}
-        joint = self._coupled_masks(lambda n: self.layers[n].weight.detach())
+        joint = self._coupled(lambda n: self.layers[n].weight.detach())
         for name, layer in self.layers.items():
             w = layer.weight.detach()
             if name in joint:
-                v, mask = joint[name]
-                layer.weight.copy_(v * mask)
+                z, mask = joint[name]
+                layer.weight.copy_(z)
             else:
                 mask = layer.constraint.mask(w)
                 layer.weight.copy_(layer.constraint.project(w))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -245,8 +246,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .admmz import is_admmz, read_admmz
+    from .config import FOLDER_DATASETS
     from .data import load_dataset, resolve_data_root
     from .export import load_model
+    from .image_folder import FolderOptions, load_image_folder
     from .report import layer_table, pruning_rates
     from .training import evaluate
     from .verify import revived_weights
@@ -279,7 +282,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if problems:
         raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
     dataset = args.dataset or metadata.get("dataset", "").strip('"') or "mnist"
-    data = load_dataset(dataset, resolve_data_root(args.data_dir))
+    root = resolve_data_root(args.data_dir)
+    if dataset in FOLDER_DATASETS:  # crop as the run evaluated
+        shape, resize = metadata.get("input_shape"), metadata.get("eval_resize")
+        size = json.loads(shape)[-1] if isinstance(shape, str) else 224
+        options = FolderOptions(size, int(resize) if resize else None)
+        data = load_image_folder(dataset, root, options)
+    else:
+        data = load_dataset(dataset, root)
     loss, acc = evaluate(model, data.test, args.batch_size)
     rows = layer_table(model, {})
     for r in rows:

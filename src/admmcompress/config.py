@@ -67,8 +67,8 @@ class DistillConfig(_Strict):
     temperature: float = Field(4.0, gt=0, description="softmax temperature of both models")
     teacher: str | None = Field(
         None,
-        description="a saved model of the same architecture to learn from (model.safetensors "
-        "or .admmz); default: the model as it was before the first step",
+        description="a saved model to learn from instead (model.safetensors or .admmz; any "
+        "architecture with the same outputs); default: the model as it was before step 1",
     )
 
 
@@ -357,7 +357,10 @@ class DataConfig(_Strict):
     verify: bool = Field(True, description="check the files' md5 checksums")
     download: bool = Field(False, description="download missing files (needs a network)")
     workers: int | None = Field(
-        None, ge=0, le=256, description="image folders: decoding processes (default 4)"
+        None,
+        ge=0,
+        le=256,
+        description="image folders: decoding processes (default 4, fewer on smaller machines)",
     )
     image_size: int | None = Field(
         None, ge=8, le=4096, description="image folders: side of the square crops (default 224)"
@@ -366,7 +369,8 @@ class DataConfig(_Strict):
         None,
         ge=8,
         le=4096,
-        description="image folders: short side before the evaluation centre crop (default 256)",
+        description="image folders: short side before the evaluation centre crop "
+        "(default image_size / 0.875: 256 for 224)",
     )
 
     @model_validator(mode="after")
@@ -383,6 +387,11 @@ class DataConfig(_Strict):
                 )
             if self.download:
                 raise ValueError(f"{self.dataset} cannot be downloaded: set download: false")
+            if self.augment.pad != "edge":
+                raise ValueError("augment.pad is for shifts; image folders are cropped instead")
+            size, resize = self.image_size or 224, self.eval_resize
+            if resize is not None and resize < size:
+                raise ValueError(f"eval_resize ({resize}) must be at least image_size ({size})")
         elif given:
             raise ValueError(
                 f"{', '.join(given)} only apply to image folders (dataset: imagenet or "

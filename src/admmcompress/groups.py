@@ -617,7 +617,7 @@ def coupled_layer_sets(
     cannot lose a channel whatever the rules give: filter-pruned producers beside producers
     without a filter rule, channel-pruned consumers beside consumers without a channel rule.
     A consumer that reads the group through a flatten (several features per channel) is left
-    to its own rule.
+    to its own rule and named in the notes, since it keeps the channels in use.
     """
     sets: list[tuple[str, ...]] = []
     notes: list[str] = []
@@ -629,16 +629,16 @@ def coupled_layer_sets(
             for c in g.consumers
             if model.get_submodule(c).weight.shape[1] == g.channels  # not through a flatten
         ]
-        for members, axis, role in (
-            (g.producers, "filter", "writes"),
-            (readers, "channel", "reads"),
+        for members, everyone, axis, role in (
+            (g.producers, g.producers, "filter", "writes"),
+            (readers, g.consumers, "channel", "reads"),
         ):
             ruled = [n for n in members if axes.get(n) == axis]
             if not ruled:
                 continue
             if len(ruled) > 1:
                 sets.append(tuple(ruled))
-            free = [n for n in members if axes.get(n) != axis]
+            free = [n for n in everyone if n not in ruled]  # flatten readers count here
             if free:
                 notes.append(
                     f"{', '.join(ruled)} ({axis} rules) share channels with {', '.join(free)}, "

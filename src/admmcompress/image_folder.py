@@ -4,9 +4,10 @@ Layout: ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (``test/
 accepted for the second), the layout torchvision's ``ImageFolder`` reads; classes are the
 folder names in sorted order and must be the same in both splits.
 
-Images are decoded in DataLoader worker processes and handed over in pinned memory, so a
-GPU is not kept waiting. Training batches use the standard ImageNet augmentation (random
-resized crop and horizontal flip), evaluation a resize of the short side and a centre crop.
+Images are decoded in DataLoader worker processes and handed over as uint8 in pinned
+memory (scaled and normalised on the device), so a GPU is not kept waiting. Training
+batches are random resized crops (the standard ImageNet augmentation; flipped too with
+``augment.hflip``), evaluation batches a resize of the short side and a centre crop.
 
 Reproducible like the in-memory data sets: the order of an epoch and one seed per image
 come from the run's data generator, and each image's augmentation is drawn from its own
@@ -42,9 +43,14 @@ class FolderOptions:
     """How images become tensors; see ``DataConfig`` for the user-facing fields."""
 
     image_size: int = 224
-    eval_resize: int = 256
+    eval_resize: int | None = None  # default: image_size / 0.875 (256 for 224)
+
+    @property
+    def resize(self) -> int:
+        return self.eval_resize or round(self.image_size / 0.875)
+
     crop_scale: tuple[float, float] = (0.08, 1.0)
-    workers: int = 4
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
 
 
 class _Images(torch.utils.data.Dataset):
@@ -61,13 +67,10 @@ class _Images(torch.utils.data.Dataset):
             if hflip:
                 steps.append(v2.RandomHorizontalFlip())
         else:
-            steps = [v2.Resize(opts.eval_resize, antialias=True), v2.CenterCrop(opts.image_size)]
-        steps += [
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-        ]
-        self.transform = v2.Compose(steps)
+            steps = [v2.Resize(opts.resize, antialias=True), v2.CenterCrop(opts.image_size)]
+        # uint8 out of the workers (a quarter of float32's shared and pinned memory and bus
+        # traffic); FolderSplit scales and normalises on the device
+        self.transform = v2.Compose([*steps, v2.ToImage()])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -83,7 +86,7 @@ class _Images(torch.utils.data.Dataset):
         # the transforms draw from torch's global generator: give them this image's seed
         # without disturbing the caller's (workers=0 runs them in the training process)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # the CPU generator only, not CUDA's
             return self.transform(image), label
 
 
@@ -152,25 +155,25 @@ class FolderSplit:
         workers = self.options.workers
         loader = DataLoader(
             _Images(list(self.samples), train, self.options, hflip),
-            batch_sampler=[items for items, _ in batches],
+            batch_sampler=[items for items, _ in batches if items],
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
-            prefetch_factor=4 if workers else None,
+            prefetch_factor=2 if workers else None,
         )
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
         it = iter(loader)
         for items, global_n in batches:
-            if not items:  # this rank's slice of a small last batch is empty
-                c, s = 3, self.options.image_size
-                yield (
-                    torch.empty(0, c, s, s, device=self.device),
-                    torch.empty(0, dtype=torch.int64, device=self.device),
-                    global_n,
-                )
+            if not items:  # this rank's slice of a small batch is empty
+                s = self.options.image_size
+                x = torch.empty(0, 3, s, s, device=self.device)
+                yield x, torch.empty(0, dtype=torch.int64, device=self.device), global_n
                 continue
             x, y = next(it)
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=fmt)
+            x = x.to(self.device, non_blocking=True)
+            x = ((x.float() - mean) / std).contiguous(memory_format=fmt)
             yield x, y.to(self.device, non_blocking=True), global_n
 
 
@@ -204,9 +207,9 @@ def load_image_folder(name: str, root: str | os.PathLike, options: FolderOptions
             f"({len(classes)} and {len(eval_classes)}; e.g. {missing}); they must be the same"
         )
     size = options.image_size
-    if options.eval_resize < size:
+    if options.resize < size:
         raise DataError(
-            f"data.eval_resize ({options.eval_resize}) must be at least data.image_size ({size})"
+            f"data.eval_resize ({options.resize}) must be at least data.image_size ({size})"
         )
     return Dataset(
         name,

@@ -150,7 +150,7 @@ def load_run_data(
         defaults = FolderOptions()
         options = FolderOptions(
             image_size=d.image_size or defaults.image_size,
-            eval_resize=d.eval_resize or defaults.eval_resize,
+            eval_resize=d.eval_resize,
             crop_scale=d.augment.crop_scale or defaults.crop_scale,
             workers=defaults.workers if d.workers is None else d.workers,
         )
@@ -310,6 +310,7 @@ class Pipeline:
         if self.cfg.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.data = _channels_last(self.data)
+        self._check_named_teachers()
         if self.dist.is_main:
             (self.out / CONFIG_COPY).write_text(config_to_yaml(self.cfg))
         return ckpt
@@ -441,11 +442,11 @@ class Pipeline:
             if isinstance(quant, STEQuantizer):
                 weights.update(quant.shadow)  # the optimizer moves the shadows
             masks = dict(self.masks)
-            if name != "admm":  # after hardening: pruned channels' BatchNorm entries stay 0
-                bn = self._batchnorm_masks()
-                params = dict(self.model.named_parameters())
-                weights.update({k: params[k] for k in bn})
-                masks.update(bn)
+            # BatchNorm entries of channels removed by an earlier hardening stay zero
+            bn = self._batchnorm_masks()
+            params = dict(self.model.named_parameters())
+            weights.update({k: params[k] for k in bn})
+            masks.update(bn)
             enforcer = MaskEnforcer(weights, masks)
             enforcer.attach(optimizer)
         if ckpt is not None and ckpt.get("optimizer") is not None:
@@ -712,7 +713,7 @@ class Pipeline:
     def _axes(self) -> dict[str, str]:
         """Layers under filter or channel rules in this step, and which of the two."""
         return {
-            n: rule[0].axis
+            n: rule.rule.axis
             for n, c in self.constraints.items()
             if (rule := structured_rule(c)) is not None
         }
@@ -759,6 +760,29 @@ class Pipeline:
                 path, self.model, {}, model_name=self.cfg.model.name, model_args=self.cfg.model.args
             )
         self.dist.barrier()  # the other ranks read it from the (shared) run folder
+
+    def _check_named_teachers(self) -> None:
+        """A named teacher must give outputs of the model's shape: found now, not hours in."""
+        named = {
+            p.distill.teacher
+            for st in self.steps
+            for p in (st.admm, st.retrain)
+            if p.distill is not None and p.distill.teacher is not None
+        }
+        if not named:
+            return
+        example = torch.zeros(1, *self.data.input_shape, device=self.device)
+        training = self.model.training
+        with torch.no_grad():
+            want = self.model.eval()(example).shape
+            for path in sorted(named):
+                got = self._teacher(path)(example).shape
+                if got != want:
+                    raise ConfigError(
+                        f"distill.teacher {path} gives outputs of shape {tuple(got)}, the "
+                        f"model {tuple(want)}: the teacher must predict the same classes"
+                    )
+        self.model.train(training)
 
     def _teacher(self, given: str | None) -> nn.Module:
         """The model a phase distills from: a file the config names, or the one kept at step 1."""
@@ -845,6 +869,7 @@ class Pipeline:
             extra={
                 "dataset": self.cfg.data.dataset,
                 "input_shape": list(self.data.input_shape),
+                **self._folder_metadata(),
                 "rules": {name: c.describe() for name, c in self.constraints.items()},
                 "quantization": {
                     name: {"bits": q.bits, "per_channel": q.per_channel}
@@ -853,6 +878,13 @@ class Pipeline:
                 },
             },
         )
+
+    def _folder_metadata(self) -> dict[str, Any]:
+        """How an image folder was cropped for evaluation, so `eval` can do the same."""
+        if self.cfg.data.dataset not in FOLDER_DATASETS:
+            return {}
+        size = self.data.input_shape[-1]
+        return {"eval_resize": FolderOptions(size, self.cfg.data.eval_resize).resize}
 
     def _finalize(self) -> dict[str, Any]:
         verify_model(self.model, self.constraints, self.masks)

@@ -37,7 +37,7 @@ from .quantization import (
     quantization_error,
     quantizer_of,
 )
-from .support import FixedSupport, structured_rule
+from .support import FixedSupport, StructuredRule, structured_rule
 
 __all__ = [
     "Binary",
@@ -48,6 +48,7 @@ __all__ = [
     "FixedSupport",
     "Irregular",
     "PrunedQuantized",
+    "StructuredRule",
     "Ternary",
     "Uniform",
     "available_constraints",

@@ -82,11 +82,32 @@ class FixedSupport(Constraint):
         return self.inner.describe()
 
 
-def structured_rule(c: Constraint) -> tuple[Filter | Channel, Tensor | None] | None:
-    """(the filter or channel rule, its fixed support or None) if ``c`` prunes whole filters
-    or input channels, else None. Such rules can be coupled across layers (``ADMM``)."""
+@dataclass(frozen=True)
+class StructuredRule:
+    """What coupling needs of a constraint that prunes whole filters or input channels."""
+
+    rule: Filter | Channel  # the pruning set: its axis and how many groups it keeps
+    support: Tensor | None  # an earlier step's mask the result must stay inside, if any
+    quant: Constraint | None  # the quantizer of the kept weights, if the rule also quantizes
+
+    def finish(self, v: Tensor, mask: Tensor) -> Tensor:
+        """The projection once the kept groups are chosen: zero elsewhere, kept ones
+        quantized (scale fitted on them) when the rule quantizes."""
+        if self.quant is None:
+            return v * mask
+        return project_pruned_quantized(v, mask, self.quant)
+
+
+def structured_rule(c: Constraint) -> StructuredRule | None:
+    """The structured part of ``c`` if it prunes whole filters or input channels (alone,
+    inside an earlier step's support, and/or with quantization), else None. Such
+    constraints can be coupled across layers (``ADMM``)."""
+    support = None
+    if isinstance(c, FixedSupport):
+        c, support = c.inner, c.support
+    quant = None
+    if isinstance(c, PrunedQuantized):
+        c, quant = c.prune, c.quant
     if isinstance(c, Filter | Channel):
-        return c, None
-    if isinstance(c, FixedSupport) and isinstance(c.inner, Filter | Channel):
-        return c.inner, c.support
+        return StructuredRule(c, support, quant)
     return None
