@@ -141,7 +141,7 @@ class FolderSplit:
         self, batch_size: int, rows: slice | None = None
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Every image once, in order; ``rows``: only this slice of the split."""
-        index = list(range(len(self)))[rows] if rows is not None else list(range(len(self)))
+        index = list(range(len(self)))[rows or slice(None)]
         batches = [
             ([(i, 0) for i in index[s : s + batch_size]], 0)
             for s in range(0, len(index), batch_size)

@@ -296,10 +296,9 @@ class Pipeline:
         # Bad rules and missing teachers fail here, before any data is read.
         for step in self.steps:
             check_step_selectors(self.model, step)
-            for phase in (step.admm, step.retrain):
-                given = phase.distill.teacher if phase.distill else None
-                if given is not None and not Path(given).is_file():
-                    raise RunFolderError(f"distill.teacher: {given} is not a file")
+        for given in self._named_teachers():
+            if not Path(given).is_file():
+                raise RunFolderError(f"distill.teacher: {given} is not a file")
         if ckpt is None and self.cfg.init:
             self._load_init(Path(self.cfg.init))
         self.model.to(self.device)
@@ -761,21 +760,27 @@ class Pipeline:
             )
         self.dist.barrier()  # the other ranks read it from the (shared) run folder
 
+    def _named_teachers(self) -> list[str]:
+        """The teacher files the config names (``distill.teacher``), each once."""
+        return sorted(
+            {
+                p.distill.teacher
+                for st in self.steps
+                for p in (st.admm, st.retrain)
+                if p.distill is not None and p.distill.teacher is not None
+            }
+        )
+
     def _check_named_teachers(self) -> None:
         """A named teacher must give outputs of the model's shape: found now, not hours in."""
-        named = {
-            p.distill.teacher
-            for st in self.steps
-            for p in (st.admm, st.retrain)
-            if p.distill is not None and p.distill.teacher is not None
-        }
+        named = self._named_teachers()
         if not named:
             return
         example = torch.zeros(1, *self.data.input_shape, device=self.device)
         training = self.model.training
         with torch.no_grad():
             want = self.model.eval()(example).shape
-            for path in sorted(named):
+            for path in named:
                 got = self._teacher(path)(example).shape
                 if got != want:
                     raise ConfigError(
@@ -787,18 +792,16 @@ class Pipeline:
     def _teacher(self, given: str | None) -> nn.Module:
         """The model a phase distills from: a file the config names, or the one kept at step 1."""
         if given not in self.teachers:
-            path = Path(given) if given is not None else self.out / TEACHER_FILE
-            if (given is not None or self.dist.is_main) and not path.is_file():
-                if given is not None:
-                    raise RunFolderError(f"distill.teacher: {path} is not a file")
-                raise RunFolderError(
-                    f"{path} is missing: distillation was turned on after the run's first step "
-                    "began, so the model it learns from (the one before step 1) was not kept. "
-                    "Start a new run, name a teacher file, or drop 'distill'"
-                )
-            if given is not None:  # any architecture with the same outputs; every rank reads it
-                teacher = load(path, self.device)
+            if given is not None:  # checked at start-up; any architecture, every rank reads it
+                teacher = load(Path(given), self.device)
             else:
+                path = self.out / TEACHER_FILE
+                if self.dist.is_main and not path.is_file():
+                    raise RunFolderError(
+                        f"{path} is missing: distillation was turned on after the run's first "
+                        "step began, so the model it learns from (the one before step 1) was "
+                        "not kept. Start a new run, name a teacher file, or drop 'distill'"
+                    )
                 if self.dist.is_main:
                     teacher = load(path, self.device)
                 else:  # sent from rank 0: the other machines need not see the run folder

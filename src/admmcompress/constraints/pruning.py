@@ -84,8 +84,12 @@ def group_mask(w: Tensor, k: int, axis: str) -> Tensor:
 
     Norms are compared in float64 so that summing many small squares cannot reorder groups.
     """
-    norms = _group_view(w.detach(), axis).double().pow(2).sum(dim=1)
-    return _expand_group_mask(topk_mask(norms, k), w, axis).contiguous()
+    return _expand_group_mask(topk_mask(_group_norms(w, axis), k), w, axis).contiguous()
+
+
+def _group_norms(w: Tensor, axis: str) -> Tensor:
+    """Squared L2 norm of every group, in float64."""
+    return _group_view(w.detach(), axis).double().pow(2).sum(dim=1)
 
 
 def coupled_group_masks(ws: Sequence[Tensor], k: int, axis: str = "filter") -> list[Tensor]:
@@ -101,9 +105,7 @@ def coupled_group_masks(ws: Sequence[Tensor], k: int, axis: str = "filter") -> l
     counts = {group_count(w, axis) for w in ws}
     if len(counts) != 1:
         raise ValueError(f"coupled tensors must have the same number of {axis}s, got {counts}")
-    norms = torch.stack(
-        [_group_view(w.detach(), axis).double().pow(2).sum(dim=1).to(ws[0].device) for w in ws]
-    ).sum(dim=0)
+    norms = torch.stack([_group_norms(w, axis).to(ws[0].device) for w in ws]).sum(dim=0)
     keep = topk_mask(norms, k)
     return [_expand_group_mask(keep.to(w.device), w, axis).contiguous() for w in ws]
 
