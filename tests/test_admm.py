@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import admmcompress.admm as admm_module
 from admmcompress import (
     ADMM,
     Filter,
@@ -139,6 +140,41 @@ def test_penalty_value_and_gradient_match_hand_computation() -> None:
     for name, layer in admm.layers.items():
         torch.testing.assert_close(layer.weight.grad, grads[name], rtol=1e-12, atol=1e-15)
     assert model.conv.bias.grad is None and model.fc.bias.grad is None  # biases not penalised
+
+
+@pytest.mark.parametrize("all_at_once", [False, True])
+def test_add_penalty_grad_matches_penalty_backward(
+    all_at_once: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both paths (per layer on the CPU; all layers at once, as on a GPU) add exactly the
+    penalty's gradient, to existing gradients and to missing ones, per-layer rho included."""
+    if all_at_once:
+        monkeypatch.setattr(admm_module, "FOREACH_DEVICES", frozenset({"cpu", "cuda"}))
+    model = make_net(dtype=torch.float64)
+    admm = ADMM(model, RULES, rho=0.5)
+    for it in range(2):
+        perturb(model, it)
+        admm.update()
+    admm.layers["fc"].rho = 0.25  # two rho groups
+    perturb(model, 7)
+
+    model.zero_grad()
+    admm.penalty().backward()
+    want = {n: layer.weight.grad.clone() for n, layer in admm.layers.items()}
+
+    model.zero_grad(set_to_none=True)
+    admm.add_penalty_grad_()  # no .grad yet
+    for n, layer in admm.layers.items():
+        torch.testing.assert_close(layer.weight.grad, want[n], rtol=1e-12, atol=1e-15)
+
+    base = {n: torch.full_like(g, 0.125) for n, g in want.items()}
+    for n, layer in admm.layers.items():
+        layer.weight.grad = base[n].clone()
+    admm.add_penalty_grad_()  # added to what backward() left
+    for n, layer in admm.layers.items():
+        w = layer.weight.detach()
+        exact = base[n].clone().add_(w - layer.target, alpha=layer.rho)
+        assert torch.equal(layer.weight.grad, exact)
 
 
 def test_penalty_is_finite_at_the_first_step() -> None:
@@ -377,3 +413,23 @@ def test_bad_rho_growth_raises(growth: float) -> None:
 def test_empty_rules_rejected() -> None:
     with pytest.raises(ValueError, match="no layer"):
         ADMM(make_net(), {})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_add_penalty_grad_on_cuda_matches_cpu_bitwise() -> None:
+    """The GPU's all-layers-at-once path gives the CPU path's gradients to the bit."""
+    model = make_net()
+    admm = ADMM(model, RULES, rho=0.5)
+    for it in range(2):
+        perturb(model, it)
+        admm.update()
+    perturb(model, 7)
+    gpu_model = copy.deepcopy(model).cuda()
+    gpu_admm = ADMM(gpu_model, RULES, rho=0.5)
+    gpu_admm.load_state_dict(admm.state_dict())
+    for m, a in ((model, admm), (gpu_model, gpu_admm)):
+        m.zero_grad(set_to_none=True)
+        a.add_penalty_grad_()
+        a.add_penalty_grad_()
+    for n, layer in admm.layers.items():
+        assert torch.equal(gpu_admm.layers[n].weight.grad.cpu(), layer.weight.grad), n

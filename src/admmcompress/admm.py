@@ -39,6 +39,10 @@ def _residual(w: Tensor, z: Tensor, dual: float, rho: float) -> Residual:
     return Residual(primal, dual, rho, primal / w_norm if w_norm else 0.0)
 
 
+# Devices where add_penalty_grad_ updates all layers in one multi-tensor call (launch-bound).
+FOREACH_DEVICES = frozenset({"cuda"})
+
+
 class _Layer:
     """Per-layer ADMM variables. Z, U and the penalty target Z - U never carry autograd history."""
 
@@ -178,18 +182,35 @@ class ADMM:
         """Add the penalty's gradient rho * (W - Z + U) to each ``weight.grad`` in place.
 
         The same W-step as adding ``penalty()`` to the loss, for a loop that calls this between
-        ``backward()`` and ``optimizer.step()``: it skips the autograd graph and reuses one
-        buffer per layer, which keeps the ADMM epoch as fast as a plain one.
+        ``backward()`` and ``optimizer.step()``: it skips the autograd graph. On a GPU all
+        layers go at once (``torch._foreach_*``: a few kernel launches per step instead of two
+        per layer, which matters when small batches make a step launch-bound); on the CPU each
+        layer reuses one buffer (no per-batch allocation, one pass over memory). Both do the
+        arithmetic of ``grad.add_(w - target, alpha=rho)``, to the bit.
         """
-        for layer in self.layers.values():
+        layers = list(self.layers.values())
+        for layer in layers:
+            w = layer.weight
+            if w.grad is None:
+                w.grad = torch.zeros_like(w, memory_format=torch.preserve_format)
+        if layers and all(layer.weight.device.type in FOREACH_DEVICES for layer in layers):
+            diffs = torch._foreach_sub(
+                [layer.weight.detach() for layer in layers], [layer.target for layer in layers]
+            )
+            by_rho: dict[float, tuple[list[Tensor], list[Tensor]]] = {}
+            for layer, diff in zip(layers, diffs, strict=True):
+                grads, ds = by_rho.setdefault(layer.rho, ([], []))
+                grads.append(layer.weight.grad)
+                ds.append(diff)
+            for rho, (grads, ds) in by_rho.items():
+                torch._foreach_add_(grads, ds, alpha=rho)
+            return
+        for layer in layers:
             w = layer.weight
             if layer.scratch is None or layer.scratch.shape != w.shape:
                 layer.scratch = torch.empty_like(w, memory_format=torch.preserve_format)
             torch.sub(w.detach(), layer.target, out=layer.scratch)
-            if w.grad is None:
-                w.grad = layer.scratch.mul(layer.rho)
-            else:
-                w.grad.add_(layer.scratch, alpha=layer.rho)
+            w.grad.add_(layer.scratch, alpha=layer.rho)
 
     # -- Z-, U-step and rho schedule --------------------------------------------------------
     @torch.no_grad()
