@@ -406,6 +406,22 @@ def test_iterate_batches_no_shuffle_keeps_order() -> None:
         num_batches(7, 0)
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_one_channel_batches_come_with_nhwc_strides(shuffle: bool) -> None:
+    """Single-channel batches get NHWC strides over the same bytes (oneDNN's faster
+    kernels pick by strides); images with several channels are left as they are."""
+    gen = torch.Generator().manual_seed(0)
+    gray = Split(torch.arange(6 * 4 * 5.0).view(6, 1, 4, 5), torch.arange(6))
+    for x, y in iterate_batches(gray, 4, shuffle=shuffle, generator=gen):
+        assert x.stride() == (20, 1, 5, 1)
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x, gray.x[y])
+        assert torch.equal(x.flatten(1), gray.x[y].flatten(1))  # views still work
+    rgb = Split(torch.zeros(6, 3, 4, 5), torch.arange(6))
+    for x, _ in iterate_batches(rgb, 4, shuffle=shuffle, generator=gen):
+        assert x.is_contiguous()
+
+
 def test_subset_deterministic() -> None:
     split = toy_split(50)
     a, b, c = split.subset(10, seed=1), split.subset(10, seed=1), split.subset(10, seed=2)

@@ -108,6 +108,37 @@ def test_cifar_models_trace_with_fx(name: str) -> None:
 # -- input shapes --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lenet5_pool_then_relu_is_bitwise_the_classic_order(channels_last: bool) -> None:
+    """LeNet-5 pools before its ReLUs (a quarter of the work); outputs and gradients are
+    those of the classic ReLU-then-pool order, to the bit, ties at zero included."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = models.create_model("lenet5")
+    x = torch.randn(16, 1, 28, 28)
+    x[:, :, :8] = 0.0  # flat regions: ties inside pooling windows
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        x = x.as_strided(x.shape, (784, 1, 28, 1))
+    y = torch.arange(16) % 10
+
+    def classic(m: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+        h = F.max_pool2d(F.relu(m.conv1(inp)), 2)
+        h = F.max_pool2d(F.relu(m.conv2(h)), 2)
+        return m.fc2(F.relu(m.fc1(h.flatten(1))))
+
+    results = []
+    for forward in (classic, lambda m, inp: m(inp)):
+        model.zero_grad()
+        out = forward(model, x)
+        F.cross_entropy(out, y).backward()
+        results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_model_input_shapes() -> None:
     for name in MNIST:
         assert model_input_shape(name) == (1, 28, 28)

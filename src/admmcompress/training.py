@@ -188,7 +188,7 @@ def _autocast(x: Tensor, dtype: torch.dtype | None) -> contextlib.AbstractContex
 def evaluate(
     model: nn.Module,
     split: BatchSource,
-    batch_size: int = 1000,
+    batch_size: int = 256,
     dist: DistContext = SINGLE,
     autocast: torch.dtype | None = None,
 ) -> tuple[float, float]:
