@@ -30,13 +30,16 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import yaml
+from torch import Tensor
 
+import admmcompress.admm as admm_module
 from admmcompress import ADMM, Irregular, create_model
 from admmcompress.augment import augment_batch
 from admmcompress.cli import main as cli_main
@@ -52,6 +55,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def hand_batches(split: Split, batch: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches a hand-written loop draws: shuffled on the device, cropped and flipped."""
+    perm = torch.randperm(len(split), generator=gen).to(split.x.device)
+    for i in range(0, len(split), batch):
+        idx = perm[i : i + batch]
+        yield augment_batch(split.x[idx], 4, True, gen), split.y[idx]
+
+
 def plain_epoch(
     model: torch.nn.Module,
     split: Split,
@@ -64,12 +75,9 @@ def plain_epoch(
     model.train()
     _sync(split.x.device)
     t = time.perf_counter()
-    perm = torch.randperm(len(split), generator=gen).to(split.x.device)
-    for i in range(0, len(split), batch):
-        idx = perm[i : i + batch]
-        x = augment_batch(split.x[idx], 4, True, gen)
+    for x, y in hand_batches(split, batch, gen):
         with torch.autocast(split.x.device.type, dtype=dtype or torch.float32, enabled=bool(dtype)):
-            loss = F.cross_entropy(model(x), split.y[idx])
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -81,25 +89,21 @@ def data_epoch(split: Split, batch: int, gen: torch.Generator) -> float:
     """The batch path alone, without the model: what an epoch costs before any compute."""
     _sync(split.x.device)
     t = time.perf_counter()
-    perm = torch.randperm(len(split), generator=gen).to(split.x.device)
-    for i in range(0, len(split), batch):
-        idx = perm[i : i + batch]
-        x = augment_batch(split.x[idx], 4, True, gen)
-        _ = split.y[idx]
+    for _ in hand_batches(split, batch, gen):
+        pass
     _sync(split.x.device)
-    del x
     return time.perf_counter() - t
 
 
 def per_layer_penalty_grad(admm: ADMM) -> None:
-    """The penalty gradient one layer at a time (two kernels each): the reference for the
-    all-layers-at-once ``ADMM.add_penalty_grad_``."""
-    for layer in admm.layers.values():
-        w = layer.weight
-        if layer.scratch is None:
-            layer.scratch = torch.empty_like(w)
-        torch.sub(w.detach(), layer.target, out=layer.scratch)
-        w.grad.add_(layer.scratch, alpha=layer.rho)
+    """``ADMM.add_penalty_grad_``'s one-layer-at-a-time path (the CPU's), run on this device:
+    the reference for its all-layers-at-once path."""
+    saved = admm_module.FOREACH_DEVICES
+    admm_module.FOREACH_DEVICES = frozenset()
+    try:
+        admm.add_penalty_grad_()
+    finally:
+        admm_module.FOREACH_DEVICES = saved
 
 
 def penalty_ms(fn: Any, device: torch.device, calls: int = 200) -> float:
