@@ -200,7 +200,8 @@ def export(
         resized=resized,
         original_weights=original,
         input_shape=shape,
-        metadata={k: v for k, v in src.metadata.items() if k in ("dataset", "rules")},
+        # in a fixed order: safetensors hands its metadata back in a random one
+        metadata={k: src.metadata[k] for k in ("dataset", "rules") if k in src.metadata},
     )
     comparable = src.report is not None and not compact and values == "float32"
     estimate = src.report.get("storage_bytes") if comparable and src.report else None
