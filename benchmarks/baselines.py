@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from admmcompress.config import validate_config
-from admmcompress.pipeline import Pipeline
+from admmcompress.recipe.schema import validate_config
+from admmcompress.run.pipeline import Pipeline
 from common import RESULTS, write_results
 
 OPT = {"optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "cosine"}}

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
-from admmcompress.config import load_config
 from admmcompress.constraints import check_on_grid
 from admmcompress.data import load_dataset, resolve_data_root
 from admmcompress.models import create_model
-from admmcompress.pipeline import layer_constraints
-from admmcompress.quant_retrain import STEQuantizer
-from admmcompress.training import build_optimizer, build_scheduler, evaluate, train_epoch
+from admmcompress.recipe.schema import load_config
+from admmcompress.run.pipeline import layer_constraints
+from admmcompress.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
+from admmcompress.train.quantized import STEQuantizer
 from common import write_results
 
 

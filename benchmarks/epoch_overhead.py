@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from admmcompress import ADMM, Irregular, create_model
 from admmcompress.data import load_dataset, resolve_data_root
-from admmcompress.training import train_epoch
+from admmcompress.train.loop import train_epoch
 from common import write_results
 
 RULES = {

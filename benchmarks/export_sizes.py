@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 import admmcompress
-from admmcompress.deploy import export
+from admmcompress.formats.export import export
 from common import write_results
 
 

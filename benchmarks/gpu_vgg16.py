@@ -39,12 +39,12 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor
 
-import admmcompress.admm as admm_module
+import admmcompress.core.admm as admm_module
 from admmcompress import ADMM, Irregular, create_model
-from admmcompress.augment import augment_batch
 from admmcompress.cli import main as cli_main
 from admmcompress.data import Split, load_dataset, resolve_data_root
-from admmcompress.training import train_epoch
+from admmcompress.data.augment import augment_batch
+from admmcompress.train.loop import train_epoch
 from common import write_results
 
 KEEP = 0.06  # about 16x on the convolutions
@@ -127,7 +127,7 @@ def timed_epochs(
     admm = ADMM(model, {"features.*": Irregular(keep=KEEP)}, rho=1e-4)
     gen = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16 if bf16 else None
-    from admmcompress.config import AugmentConfig
+    from admmcompress.recipe.schema import AugmentConfig
 
     aug = AugmentConfig(shift=4, hflip=True)
     times: dict[str, list[float]] = {

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from admmcompress.config import AugmentConfig
-from admmcompress.image_folder import FolderOptions, load_image_folder
+from admmcompress.data.image_folder import FolderOptions, load_image_folder
+from admmcompress.recipe.schema import AugmentConfig
 from common import write_results
 
 

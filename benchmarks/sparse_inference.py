@@ -48,9 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from admmcompress.compact import compact_model
-from admmcompress.export import load_model
-from admmcompress.sparse_inference import (
+from admmcompress.formats.safetensors_model import load_model
+from admmcompress.inference.sparse import (
     SparseConv2d,
     SparseLinear,
     density,
@@ -58,6 +57,7 @@ from admmcompress.sparse_inference import (
     interleaved_timings,
     sparsify,
 )
+from admmcompress.structure.compact import compact_model
 from common import write_results
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import admmcompress.admm as admm_module
+import admmcompress.core.admm as admm_module
 from admmcompress import (
     ADMM,
     Filter,

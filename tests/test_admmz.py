@@ -18,13 +18,11 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 import admmcompress
-from admmcompress import admmz
-from admmcompress.admmz import ModelFormatError, read_admmz, save_admmz
 from admmcompress.cli import main
 from admmcompress.constraints import fit_binary, fit_ternary, fit_uniform
-from admmcompress.deploy import export
-from admmcompress.models import create_model, register_model
-from admmcompress.storage import (
+from admmcompress.formats import admmz
+from admmcompress.formats.admmz import ModelFormatError, read_admmz, save_admmz
+from admmcompress.formats.encoding import (
     QuantSpec,
     decode_pattern,
     encode_pattern,
@@ -32,6 +30,8 @@ from admmcompress.storage import (
     plan_tensor,
     relative_entries,
 )
+from admmcompress.formats.export import export
+from admmcompress.models import create_model, register_model
 from test_pipeline import DATA_DIR, REPO
 
 

@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import save_file
 
 from admmcompress import ADMM, Irregular, create_model
-from admmcompress.checkpoint import (
+from admmcompress.formats.safetensors_model import ModelFileError, load_model, save_model
+from admmcompress.run.checkpoint import (
     CheckpointError,
     atomic_write,
     load_checkpoint,
     save_checkpoint,
 )
-from admmcompress.export import ModelFileError, load_model, save_model
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from admmcompress import Filter, create_model
-from admmcompress.compact import CompactResult, compact_model, resize_modules
 from admmcompress.models import LeNet5, LeNet300
+from admmcompress.structure.compact import CompactResult, compact_model, resize_modules
 
 
 def assert_same_outputs(result: CompactResult, original: nn.Module, x: Tensor) -> None:

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from admmcompress.config import ConfigError, RunConfig, load_config, validate_config
+from admmcompress.core.selection import SelectionError
 from admmcompress.models import create_model
-from admmcompress.pipeline import layer_constraints
-from admmcompress.progressive import check_step_selectors, plan_step
-from admmcompress.selection import SelectionError
+from admmcompress.recipe.planning import check_step_selectors, plan_step
+from admmcompress.recipe.schema import ConfigError, RunConfig, load_config, validate_config
+from admmcompress.run.pipeline import layer_constraints
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(CONFIGS.glob("*.yaml"))

@@ -16,14 +16,14 @@ from torch import nn
 
 from admmcompress import ADMM, register_model
 from admmcompress.cli import main
-from admmcompress.compact import compact_model
-from admmcompress.config import RuleConfig, load_config
 from admmcompress.constraints import Channel, Filter, Irregular, coupled_group_masks
-from admmcompress.export import load_model
-from admmcompress.groups import batchnorm_masks, channel_groups, coupled_layer_sets
+from admmcompress.formats.safetensors_model import load_model
 from admmcompress.models import create_model
-from admmcompress.pipeline import layer_constraints
-from admmcompress.progressive import rule_constraint
+from admmcompress.recipe.planning import rule_constraint
+from admmcompress.recipe.schema import RuleConfig, load_config
+from admmcompress.run.pipeline import layer_constraints
+from admmcompress.structure.compact import compact_model
+from admmcompress.structure.groups import batchnorm_masks, channel_groups, coupled_layer_sets
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"

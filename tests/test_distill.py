@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from admmcompress.config import ConfigError, DistillConfig, load_config
 from admmcompress.data import Split
-from admmcompress.export import load_model
+from admmcompress.formats.safetensors_model import load_model
 from admmcompress.models import create_model
-from admmcompress.training import train_epoch
+from admmcompress.recipe.schema import ConfigError, DistillConfig, load_config
+from admmcompress.train.loop import train_epoch
 from test_progressive import TWO_STEPS
 
 
@@ -137,7 +137,7 @@ def test_a_named_teacher_file_is_used_instead_of_the_step_one_model(
     report = yaml.safe_load((tmp_path / "run" / "report.json").read_text())
     assert report["phases"]["retrain"]["test_accuracy"] > 0.5  # labels unused (weight 1)
 
-    from admmcompress.export import save_model
+    from admmcompress.formats.safetensors_model import save_model
 
     other = tmp_path / "five_classes.safetensors"
     five = create_model("lenet5", num_classes=5)

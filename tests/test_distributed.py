@@ -30,11 +30,11 @@ import yaml
 from safetensors.torch import load_file
 
 from admmcompress import ADMM, Irregular
-from admmcompress.config import DistillConfig
 from admmcompress.data import Split
-from admmcompress.distributed import DistContext, check_identical
 from admmcompress.models import create_model
-from admmcompress.training import train_epoch
+from admmcompress.recipe.schema import DistillConfig
+from admmcompress.train.distributed import DistContext, check_identical
+from admmcompress.train.loop import train_epoch
 from test_pipeline import DATA_DIR
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")

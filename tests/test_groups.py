@@ -10,15 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import admmcompress
-from admmcompress.admmz import save_admmz
-from admmcompress.compact import CompactResult, compact_model, resize_modules
-from admmcompress.groups import (
+from admmcompress.formats.admmz import save_admmz
+from admmcompress.models import create_model
+from admmcompress.structure.compact import CompactResult, compact_model, resize_modules
+from admmcompress.structure.groups import (
     ChannelGroup,
     channel_groups,
     coupled_filter_scores,
     describe_groups,
 )
-from admmcompress.models import create_model
 
 
 class Block(nn.Module):

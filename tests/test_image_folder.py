@@ -13,9 +13,9 @@ import yaml
 from PIL import Image
 
 from admmcompress.cli import main
-from admmcompress.config import AugmentConfig, ConfigError, validate_config
 from admmcompress.data import DataError, load_dataset
-from admmcompress.image_folder import FolderOptions, load_image_folder
+from admmcompress.data.image_folder import FolderOptions, load_image_folder
+from admmcompress.recipe.schema import AugmentConfig, ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("n01", "n02", "n03")

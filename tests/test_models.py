@@ -13,15 +13,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from admmcompress import models
-from admmcompress.config import load_config
-from admmcompress.export import save_model
+from admmcompress.core.selection import select_layers
+from admmcompress.formats.safetensors_model import save_model
 from admmcompress.models import (
     available_models,
     create_model,
     model_input_shape,
     register_model,
 )
-from admmcompress.selection import select_layers
+from admmcompress.recipe.schema import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

@@ -15,9 +15,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from admmcompress.checkpoint import load_checkpoint
 from admmcompress.cli import main
-from admmcompress.export import load_model
+from admmcompress.formats.safetensors_model import load_model
+from admmcompress.run.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"

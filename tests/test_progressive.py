@@ -15,9 +15,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from admmcompress.allocation import ScanPoint, allocate, keep_grid, sensitivity_scan
-from admmcompress.checkpoint import load_checkpoint
-from admmcompress.config import ConfigError, RuleConfig, apply_override, validate_config
 from admmcompress.constraints import (
     FixedSupport,
     PrunedQuantized,
@@ -25,9 +22,12 @@ from admmcompress.constraints import (
     prunes,
     quantizer_of,
 )
-from admmcompress.export import load_model
+from admmcompress.formats.safetensors_model import load_model
 from admmcompress.models import create_model
-from admmcompress.progressive import merge_rule, plan_step
+from admmcompress.recipe.allocation import ScanPoint, allocate, keep_grid, sensitivity_scan
+from admmcompress.recipe.planning import merge_rule, plan_step
+from admmcompress.recipe.schema import ConfigError, RuleConfig, apply_override, validate_config
+from admmcompress.run.checkpoint import load_checkpoint
 from test_pipeline import DATA_DIR, REPO, _cli, _kill_when, _run, assert_same_run
 
 TWO_STEPS = {
@@ -408,7 +408,7 @@ def test_sensitivity_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 
 def test_shift_is_a_crop_of_the_padded_image() -> None:
-    from admmcompress.augment import augment_batch, random_shift
+    from admmcompress.data.augment import augment_batch, random_shift
 
     x = torch.randn(16, 2, 9, 7)
     assert torch.equal(random_shift(x, 0, torch.Generator()), x)
@@ -427,9 +427,9 @@ def test_shift_is_a_crop_of_the_padded_image() -> None:
 
 def test_black_padding_matches_torchvision_random_crop_on_raw_pixels() -> None:
     """pad: black on normalised CIFAR-style data = RandomCrop(padding=4) before normalising."""
-    from admmcompress.augment import random_shift
-    from admmcompress.config import AugmentConfig
     from admmcompress.data import Split
+    from admmcompress.data.augment import random_shift
+    from admmcompress.recipe.schema import AugmentConfig
 
     mean, std = torch.tensor([0.49, 0.48, 0.45]), torch.tensor([0.25, 0.24, 0.26])
     raw = torch.rand(8, 3, 6, 6)

@@ -11,9 +11,9 @@ import yaml
 from safetensors.torch import load_file
 
 from admmcompress.cli import main
-from admmcompress.config import ConfigError, validate_config
 from admmcompress.constraints import check_on_grid
-from admmcompress.storage import QuantSpec, plan_tensor
+from admmcompress.formats.encoding import QuantSpec, plan_tensor
+from admmcompress.recipe.schema import ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from admmcompress.augment import random_shift
+from admmcompress.data.augment import random_shift
 from test_pipeline import REPO, _run
 
 

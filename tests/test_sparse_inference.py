@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from admmcompress.compact import compact_model
-from admmcompress.models import create_model
-from admmcompress.sparse_inference import (
+from admmcompress.inference.sparse import (
     SparseConv2d,
     SparseLinear,
     SparseMLP,
     fuse_linear_chain,
     sparsify,
 )
+from admmcompress.models import create_model
+from admmcompress.structure.compact import compact_model
 
 
 def prune_at_random(model: nn.Module, keep: float, seed: int = 0) -> nn.Module:

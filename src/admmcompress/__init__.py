@@ -5,7 +5,6 @@ the ``admmcompress`` command runs whole recipes from YAML configs; ``load`` read
 model file (``.admmz`` or ``model.safetensors``) back as an ``nn.Module``.
 """
 
-from .admm import ADMM, Residual
 from .constraints import (
     Binary,
     Channel,
@@ -20,10 +19,11 @@ from .constraints import (
     make_constraint,
     register_constraint,
 )
-from .export import load
-from .masking import MaskEnforcer
+from .core.admm import ADMM, Residual
+from .core.masking import MaskEnforcer
+from .core.selection import SelectionError, compressible_layers, select_layers
+from .formats.safetensors_model import load
 from .models import available_models, create_model, register_model
-from .selection import SelectionError, compressible_layers, select_layers
 
 __version__ = "0.1.0"
 

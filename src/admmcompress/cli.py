@@ -15,7 +15,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import __version__
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .recipe.schema import RunConfig
 
 log = logging.getLogger("admmcompress")
 
@@ -219,7 +219,7 @@ def _setup_logging() -> None:
 
 def _load_config(args: argparse.Namespace) -> RunConfig:
     """The config file with its --set overrides, and --no-progress applied."""
-    from .config import load_config
+    from .recipe.schema import load_config
 
     cfg = load_config(args.config, args.overrides)
     if args.no_progress:
@@ -228,7 +228,7 @@ def _load_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .pipeline import Pipeline
+    from .run.pipeline import Pipeline
 
     cfg = _load_config(args)
     out = args.out or Path("runs") / cfg.name
@@ -245,14 +245,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .admmz import is_admmz, read_admmz
-    from .config import FOLDER_DATASETS
+    from .core.verify import revived_weights
     from .data import load_dataset, resolve_data_root
-    from .export import load_model
-    from .image_folder import FolderOptions, load_image_folder
-    from .report import layer_table, pruning_rates
-    from .training import evaluate
-    from .verify import revived_weights
+    from .data.image_folder import FolderOptions, load_image_folder
+    from .formats.admmz import is_admmz, read_admmz
+    from .formats.safetensors_model import load_model
+    from .recipe.schema import FOLDER_DATASETS
+    from .run.report import layer_table, pruning_rates
+    from .train.loop import evaluate
 
     _setup_logging()
     path = args.model / "model.safetensors" if args.model.is_dir() else args.model
@@ -311,8 +311,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_sensitivity(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .sensitivity import run_sensitivity
+    from .recipe.schema import ConfigError
+    from .run.sensitivity import run_sensitivity
 
     cfg = _load_config(args)
     if args.samples < 1:
@@ -337,7 +337,7 @@ def _cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .deploy import export, summary_table
+    from .formats.export import export, summary_table
 
     result = export(
         args.source,
@@ -368,8 +368,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import json
 
-    from .admmz import read_admmz
-    from .deploy import summary_table
+    from .formats.admmz import read_admmz
+    from .formats.export import summary_table
 
     loaded = read_admmz(args.file)  # decodes everything: every check runs
     if args.json:
@@ -382,7 +382,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .report import read_report, render_markdown, write_report
+    from .run.report import read_report, render_markdown, write_report
 
     report = read_report(args.run_dir)
     write_report(report, args.run_dir)
@@ -391,15 +391,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .admmz import ModelFormatError
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
+    from .core.selection import SelectionError
+    from .core.verify import ConstraintViolationError
     from .data import DataError
-    from .export import ModelFileError
-    from .pipeline import RunFolderError
-    from .selection import SelectionError
-    from .training import NonFiniteLossError
-    from .verify import ConstraintViolationError
+    from .formats.admmz import ModelFormatError
+    from .formats.safetensors_model import ModelFileError
+    from .recipe.schema import ConfigError
+    from .run.checkpoint import CheckpointError
+    from .run.pipeline import RunFolderError
+    from .train.loop import NonFiniteLossError
 
     args = _parser().parse_args(argv)
     handlers = {

@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from .constraints import available_constraints
-from .models import available_models
+from ..constraints import available_constraints
+from ..models import available_models
 
 
 class ConfigError(ValueError):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .constraints import Constraint, StructuredRule, coupled_group_masks, structured_rule
+from ..constraints import Constraint, StructuredRule, coupled_group_masks, structured_rule
 from .selection import select_layers
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .constraints import Constraint, quantizer_of
-from .masking import WeightFreezer
+from ..constraints import Constraint, quantizer_of
+from ..core.masking import WeightFreezer
 
 
 def quantize_at_scale(w: Tensor, scale: Tensor, quant: Any, mask: Tensor | None = None) -> Tensor:

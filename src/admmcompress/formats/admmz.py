@@ -33,13 +33,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
-from .checkpoint import atomic_write
-from .compact import resize_modules
-from .constraints import fit_binary, fit_ternary, fit_uniform
-from .export import architecture_args
-from .models import create_model
-from .selection import compressible_layers
-from .storage import (
+from ..constraints import fit_binary, fit_ternary, fit_uniform
+from ..core.selection import compressible_layers
+from ..models import create_model
+from ..run.checkpoint import atomic_write
+from ..structure.compact import resize_modules
+from .encoding import (
     MAX_WIDTH,
     QuantSpec,
     StorageError,
@@ -52,6 +51,7 @@ from .storage import (
     signed_codes,
     unpack_uint,
 )
+from .safetensors_model import architecture_args
 
 MAGIC = b"ADMMZ\x00\r\n"
 FORMAT_VERSION = 1

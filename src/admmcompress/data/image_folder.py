@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from .config import AugmentConfig
-from .data import DataError, Dataset, register_dataset
+from ..recipe.schema import AugmentConfig
+from . import DataError, Dataset, register_dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

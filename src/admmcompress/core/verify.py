@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .constraints import Constraint
+from ..constraints import Constraint
 
 
 class ConstraintViolationError(RuntimeError):

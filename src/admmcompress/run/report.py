@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..constraints import Constraint, count_levels, prunes, quantizer_of
+from ..core.selection import compressible_layers
+from ..formats.encoding import QuantSpec, plan_tensor
 from .checkpoint import atomic_write_text
-from .constraints import Constraint, count_levels, prunes, quantizer_of
-from .selection import compressible_layers
-from .storage import QuantSpec, plan_tensor
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.selection import compressible_layers
+from ..structure.compact import compact_model
 from .admmz import FileSummary, is_admmz, read_admmz, save_admmz
-from .compact import compact_model
-from .export import ModelFileError, load_model
-from .selection import compressible_layers
-from .storage import QuantSpec
+from .encoding import QuantSpec
+from .safetensors_model import ModelFileError, load_model
 
 FORMATS = ("admmz", "onnx")
 ONNX_HINT = "ONNX export needs the optional packages: pip install 'admmcompress[onnx]'"

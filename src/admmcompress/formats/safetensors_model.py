@@ -14,8 +14,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .checkpoint import atomic_write
-from .models import create_model
+from ..models import create_model
+from ..run.checkpoint import atomic_write
 
 MODEL_FORMAT = "admmcompress.model/1"
 MASK_PREFIX = "__mask__."

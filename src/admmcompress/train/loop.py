@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .config import AugmentConfig, DistillConfig, OptimizerConfig, SchedulerConfig
-from .data import BatchSource, num_batches
+from ..data import BatchSource, num_batches
+from ..recipe.schema import AugmentConfig, DistillConfig, OptimizerConfig, SchedulerConfig
 from .distributed import SINGLE, DistContext, all_reduce_gradients, all_reduce_sum
 
 

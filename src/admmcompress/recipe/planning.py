@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from ..constraints import Constraint, FixedSupport, PrunedQuantized, make_constraint
+from ..core.selection import compressible_layers, select_layers
 from .allocation import ScanPoint, allocate, sensitivity_scan
-from .config import ConfigError, RuleConfig, StepConfig
-from .constraints import Constraint, FixedSupport, PrunedQuantized, make_constraint
-from .selection import compressible_layers, select_layers
+from .schema import ConfigError, RuleConfig, StepConfig
 
 
 def rule_constraint(rule: RuleConfig) -> Constraint:

@@ -18,10 +18,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import __version__
-from .admm import ADMM
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import (
+from .. import __version__
+from ..constraints import Constraint, quantizer_of, structured_rule
+from ..core.admm import ADMM
+from ..core.masking import MaskEnforcer
+from ..core.selection import select_layers
+from ..core.verify import verify_model
+from ..data import BatchSource, Dataset, load_dataset, resolve_data_root
+from ..data.image_folder import FolderOptions, load_image_folder
+from ..formats.safetensors_model import load, load_model, save_model
+from ..models import create_model
+from ..recipe.planning import (
+    StepPlan,
+    check_step_selectors,
+    plan_step,
+    rule_constraint,
+    step_constraints,
+)
+from ..recipe.schema import (
     FOLDER_DATASETS,
     ConfigError,
     PhaseConfig,
@@ -30,9 +44,8 @@ from .config import (
     StepConfig,
     config_to_yaml,
 )
-from .constraints import Constraint, quantizer_of, structured_rule
-from .data import BatchSource, Dataset, load_dataset, resolve_data_root
-from .distributed import (
+from ..structure.groups import ChannelGroup, batchnorm_masks, channel_groups, coupled_layer_sets
+from ..train.distributed import (
     SINGLE,
     DistContext,
     broadcast_buffers,
@@ -43,23 +56,10 @@ from .distributed import (
     init_from_env,
     shutdown,
 )
-from .export import load, load_model, save_model
-from .groups import ChannelGroup, batchnorm_masks, channel_groups, coupled_layer_sets
-from .image_folder import FolderOptions, load_image_folder
-from .masking import MaskEnforcer
-from .models import create_model
-from .progressive import (
-    StepPlan,
-    check_step_selectors,
-    plan_step,
-    rule_constraint,
-    step_constraints,
-)
-from .quant_retrain import SnapFreeze, STEQuantizer
+from ..train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
+from ..train.quantized import SnapFreeze, STEQuantizer
+from .checkpoint import load_checkpoint, save_checkpoint
 from .report import build_report, layer_table, pruning_rates, storage_summary, write_report
-from .selection import select_layers
-from .training import build_optimizer, build_scheduler, evaluate, train_epoch
-from .verify import verify_model
 
 log = logging.getLogger("admmcompress")
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .allocation import ScanPoint, allocate, sensitivity_scan
+from ..core.selection import select_layers
+from ..models import create_model
+from ..recipe.allocation import ScanPoint, allocate, sensitivity_scan
+from ..recipe.schema import ConfigError, RunConfig
+from ..train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
 from .checkpoint import atomic_write_text
-from .config import ConfigError, RunConfig
-from .models import create_model
 from .pipeline import load_run_data, load_weights, setup_runtime
-from .selection import select_layers
-from .training import build_optimizer, build_scheduler, evaluate, train_epoch
 
 log = logging.getLogger("admmcompress")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .constraints import topk_mask
+from ..constraints import topk_mask
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import Registry
+from ..registry import Registry
 
 _MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 _INPUT_SHAPES: dict[str, tuple[int, int, int] | None] = {}

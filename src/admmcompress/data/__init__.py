@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..registry import Registry
 from .augment import augment_batch
-from .registry import Registry
 
 if TYPE_CHECKING:
-    from .config import AugmentConfig
+    from ..recipe.schema import AugmentConfig
 
 __all__ = [
     "DEFAULT_DATA_DIR",
