@@ -26,9 +26,10 @@ import torch
 from admmcompress.constraints import check_on_grid
 from admmcompress.data import load_dataset, resolve_data_root
 from admmcompress.models import create_model
+from admmcompress.recipe.planning import layer_constraints
 from admmcompress.recipe.schema import load_config
-from admmcompress.run.pipeline import layer_constraints
-from admmcompress.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
+from admmcompress.run import inputs
+from admmcompress.train.loop import evaluate, train_epoch
 from admmcompress.train.quantized import STEQuantizer
 from common import write_results
 
@@ -59,8 +60,8 @@ def binaryconnect(config: Path, epochs: int) -> dict:
     constraints = layer_constraints(model, cfg)
     data = load_dataset(cfg.data.dataset, resolve_data_root(None, cfg.data.root))
     ste = STEQuantizer(model, constraints, masks={})
-    opt = build_optimizer(ste.optimizer_params(model), cfg.retrain.optimizer)
-    sched = build_scheduler(opt, cfg.retrain.scheduler, epochs)
+    opt = inputs.optimizer(ste.optimizer_params(model), cfg.retrain.optimizer)
+    sched = inputs.scheduler(opt, cfg.retrain.scheduler, epochs)
     ste.attach(opt)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     start = time.perf_counter()

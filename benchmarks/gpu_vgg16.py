@@ -127,9 +127,9 @@ def timed_epochs(
     admm = ADMM(model, {"features.*": Irregular(keep=KEEP)}, rho=1e-4)
     gen = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16 if bf16 else None
-    from admmcompress.recipe.schema import AugmentConfig
+    from admmcompress.data import Augment
 
-    aug = AugmentConfig(shift=4, hflip=True)
+    aug = Augment(shift=4, hflip=True)
     times: dict[str, list[float]] = {
         "data": [],
         "plain": [],

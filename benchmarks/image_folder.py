@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from admmcompress.data import Augment
 from admmcompress.data.image_folder import FolderOptions, load_image_folder
-from admmcompress.recipe.schema import AugmentConfig
 from common import write_results
 
 
@@ -58,7 +58,7 @@ def main() -> None:
         for workers in args.workers:
             train = load_image_folder("imagenet", tmp, FolderOptions(workers=workers)).train
             gen = torch.Generator().manual_seed(0)
-            batches = train.train_batches(args.batch_size, gen, None, AugmentConfig(hflip=True))
+            batches = train.train_batches(args.batch_size, gen, None, Augment(hflip=True))
             next(batches)  # start-up (worker processes) is not counted
             start, seen = time.perf_counter(), 0
             for x, _, _ in batches:

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from admmcompress.formats.safetensors_model import load_model
+from admmcompress.formats import read_model_file
 from admmcompress.inference.sparse import (
     SparseConv2d,
     SparseLinear,
@@ -75,7 +75,7 @@ GOAL_VARIANT = "compact + fused, CSR where timed faster (autotune)"
 
 
 def load_dense(key: str, path: Path) -> nn.Module:
-    saved = load_model(path)
+    saved = read_model_file(path)
     if saved.model_name != key:
         sys.exit(f"{path} holds a {saved.model_name!r} model, expected {key!r}")
     model = saved.model.eval()

@@ -5,11 +5,13 @@ the ``admmcompress`` command runs whole recipes from YAML configs; ``load`` read
 model file (``.admmz`` or ``model.safetensors``) back as an ``nn.Module``.
 """
 
+from ._version import __version__
 from .constraints import (
     Binary,
     Channel,
     Column,
     Constraint,
+    ConstraintError,
     Filter,
     Irregular,
     PrunedQuantized,
@@ -22,10 +24,8 @@ from .constraints import (
 from .core.admm import ADMM, Residual
 from .core.masking import MaskEnforcer
 from .core.selection import SelectionError, compressible_layers, select_layers
-from .formats.safetensors_model import load
+from .formats import load, load_weights
 from .models import available_models, create_model, register_model
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ADMM",
@@ -33,6 +33,7 @@ __all__ = [
     "Channel",
     "Column",
     "Constraint",
+    "ConstraintError",
     "Filter",
     "Irregular",
     "MaskEnforcer",
@@ -47,6 +48,7 @@ __all__ = [
     "compressible_layers",
     "create_model",
     "load",
+    "load_weights",
     "make_constraint",
     "register_constraint",
     "register_model",

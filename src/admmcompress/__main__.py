@@ -1,3 +1,5 @@
+"""``python -m admmcompress``: the same as the ``admmcompress`` command."""
+
 import sys
 
 from .cli import main

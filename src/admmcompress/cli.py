@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import __version__
+from ._version import __version__
 
 if TYPE_CHECKING:
     from .recipe.schema import RunConfig
@@ -42,6 +42,8 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .formats import writable_formats
+
     p = argparse.ArgumentParser(
         prog="admmcompress",
         description=DESCRIPTION,
@@ -157,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--out", type=Path, help="output file (default: model[_compact].admmz|.onnx beside it)"
     )
-    exp.add_argument("--format", choices=["admmz", "onnx"], default="admmz", dest="fmt")
+    exp.add_argument("--format", choices=writable_formats(), default="admmz", dest="fmt")
     exp.add_argument(
         "--values",
         choices=["float32", "float16"],
@@ -245,34 +247,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .core.selection import compressible_layers
     from .core.verify import revived_weights
-    from .data import load_dataset, resolve_data_root
-    from .data.image_folder import FolderOptions, load_image_folder
-    from .formats.admmz import is_admmz, read_admmz
-    from .formats.safetensors_model import load_model
-    from .recipe.schema import FOLDER_DATASETS
+    from .data import dataset_entry, load_dataset, resolve_data_root
+    from .formats import read_model_file
     from .run.report import layer_table, pruning_rates
     from .train.loop import evaluate
 
     _setup_logging()
-    path = args.model / "model.safetensors" if args.model.is_dir() else args.model
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    admmz_file = is_admmz(path)
-    if admmz_file:  # no masks in the file: its zeros are the pattern itself
-        loaded = read_admmz(path)
-        model, model_name, masks = loaded.model, loaded.header.model, {}
-        metadata = loaded.header.metadata
-        pruned = {t.name.removesuffix(".weight") for t in loaded.header.tensors if t.weight}
-    else:
-        saved = load_model(path)
-        model, model_name, masks, metadata = (
-            saved.model,
-            saved.model_name,
-            saved.masks,
-            saved.metadata,
-        )
-        pruned = set(masks)
+    mf = read_model_file(args.model)
+    model, masks = mf.model, mf.masks
     modules = dict(model.named_modules())
     problems = [
         f"{name}: {why}"
@@ -281,25 +265,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     ]
     if problems:
         raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
-    dataset = args.dataset or metadata.get("dataset", "").strip('"') or "mnist"
-    root = resolve_data_root(args.data_dir)
-    if dataset in FOLDER_DATASETS:  # crop as the run evaluated
-        shape, resize = metadata.get("input_shape"), metadata.get("eval_resize")
-        size = json.loads(shape)[-1] if isinstance(shape, str) else 224
-        options = FolderOptions(size, int(resize) if resize else None)
-        data = load_image_folder(dataset, root, options)
-    else:
-        data = load_dataset(dataset, root)
+    # an .admmz has no masks: its zeros are the pattern itself, every weight is counted
+    pruned = set(masks) if mf.format != "admmz" else set(compressible_layers(model))
+    dataset = args.dataset or mf.metadata.get("dataset", "").strip('"') or "mnist"
+    entry = dataset_entry(dataset)
+    options = {k: mf.meta(k) for k in entry.option_names() if k in mf.metadata}
+    if "image_size" in entry.option_names() and mf.input_shape:  # crop as the run evaluated
+        options["image_size"] = mf.input_shape[-1]
+    data = load_dataset(dataset, resolve_data_root(args.data_dir), **options)
     loss, acc = evaluate(model, data.test, args.batch_size)
     rows = layer_table(model, {})
     for r in rows:
         r["pruned"] = r["name"] in pruned and r["nonzero"] < r["params"]
     rates = pruning_rates(rows)
-    original = loaded.header.original_weights if admmz_file else None
-    if original:  # a compact model: count against the weights it had before compaction
+    if mf.original_weights:  # a compact model: count against the weights it had before
         nonzero = sum(r["nonzero"] for r in rows)
-        rates = {"pruning_rate": original / nonzero, "overall_rate": original / nonzero}
-    print(f"model       {model_name} ({path})")
+        rates = {
+            "pruning_rate": mf.original_weights / nonzero,
+            "overall_rate": mf.original_weights / nonzero,
+        }
+    print(f"model       {mf.model_name} ({mf.path})")
     if masks:
         print(f"masks       verified for {len(masks)} pruned layers")
     rate, overall = rates["pruning_rate"], rates["overall_rate"]
@@ -366,17 +351,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    import json
 
-    from .formats.admmz import read_admmz
+    from .formats import ModelFileError, read_model_file
     from .formats.export import summary_table
 
-    loaded = read_admmz(args.file)  # decodes everything: every check runs
+    mf = read_model_file(args.file)  # an .admmz is decoded whole: every check runs
+    if mf.format != "admmz":
+        raise ModelFileError(
+            f"{mf.path} is a {mf.format} model file; inspect reads .admmz files. Write one "
+            f"with: admmcompress export {args.file}"
+        )
     if args.json:
-        out = {"totals": loaded.summary.totals(), "tensors": loaded.summary.rows}
+        out = {"totals": mf.summary.totals(), "tensors": mf.summary.rows}
         print(json.dumps(out, indent=2))
     else:
-        print(summary_table(loaded.summary))
+        print(summary_table(mf.summary))
         print("checksum and every section verified")
     return 0
 
@@ -391,14 +380,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .constraints import ConstraintError
     from .core.selection import SelectionError
     from .core.verify import ConstraintViolationError
     from .data import DataError
-    from .formats.admmz import ModelFormatError
-    from .formats.safetensors_model import ModelFileError
+    from .formats import ModelFileError
     from .recipe.schema import ConfigError
     from .run.checkpoint import CheckpointError
-    from .run.pipeline import RunFolderError
+    from .run.folder import RunFolderError
     from .train.loop import NonFiniteLossError
 
     args = _parser().parse_args(argv)
@@ -417,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         RunFolderError,
         CheckpointError,
         ModelFileError,
-        ModelFormatError,
+        ConstraintError,
         FileNotFoundError,
         ValueError,
     )

@@ -1,6 +1,18 @@
-"""Constraint sets with exact projections, looked up by kind (``make_constraint``)."""
+"""Constraint sets with exact projections, looked up by kind (``make_constraint``).
 
-from .base import Constraint, available_constraints, make_constraint, register_constraint
+One module per family of sets: ``pruning`` (irregular, filter, channel, column), ``nm``
+(n of every m consecutive weights), ``quantization`` (binary, ternary, b-bit uniform, and
+pruned + quantized), ``support`` (a set restricted to an earlier step's mask).
+"""
+
+from .base import (
+    Constraint,
+    ConstraintError,
+    available_constraints,
+    constraint_class,
+    make_constraint,
+    register_constraint,
+)
 from .pruning import (
     Channel,
     Column,
@@ -20,10 +32,12 @@ from .pruning import (
 from .quantization import (
     Binary,
     PrunedQuantized,
+    Quantizer,
     Ternary,
     Uniform,
     check_bits,
     check_on_grid,
+    combine,
     count_levels,
     fit_binary,
     fit_ternary,
@@ -44,16 +58,20 @@ __all__ = [
     "Channel",
     "Column",
     "Constraint",
+    "ConstraintError",
     "Filter",
     "FixedSupport",
     "Irregular",
     "PrunedQuantized",
+    "Quantizer",
     "StructuredRule",
     "Ternary",
     "Uniform",
     "available_constraints",
     "check_bits",
     "check_on_grid",
+    "combine",
+    "constraint_class",
     "count_levels",
     "coupled_group_masks",
     "fit_binary",

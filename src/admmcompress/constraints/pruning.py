@@ -9,19 +9,19 @@ depends on the device, the dtype or the sort algorithm.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from .base import Constraint, register_constraint
+from .base import Constraint, ConstraintError, check_int, check_ratio, register_constraint
 
 
 def keep_count(total: int, keep: float) -> int:
     """Number of entries a keep ratio means: round(keep * total), at least 1."""
-    if not 0.0 < keep <= 1.0:
-        raise ValueError(f"keep ratio must be in (0, 1], got {keep}")
+    keep = check_ratio("keep_count", "keep", keep)
     return max(1, min(total, math.floor(keep * total + 0.5)))
 
 
@@ -132,17 +132,34 @@ class _PruneBase(Constraint):
 
     keep: float | None = None
     count: int | None = None
+    unit: ClassVar[str] = "weight"  # what keep and count count
+
+    parameter_help: ClassVar[Mapping[str, str]] = {
+        "keep": "the share kept, a ratio in (0, 1]",
+        "count": "how many are kept, instead of keep",
+    }
 
     def __post_init__(self) -> None:
         if (self.keep is None) == (self.count is None):
-            raise ValueError(f"{self.kind}: give exactly one of keep (a ratio) or count")
-        if self.keep is not None and not 0.0 < self.keep <= 1.0:
-            raise ValueError(f"{self.kind}: keep must be in (0, 1], got {self.keep}")
-        if self.count is not None and self.count < 1:
-            raise ValueError(f"{self.kind}: count must be >= 1, got {self.count}")
+            raise ConstraintError(
+                f"{self.kind}: give exactly one of keep (the share of {self.unit}s kept, in "
+                f"(0, 1]) or count (how many {self.unit}s are kept)"
+            )
+        if self.keep is not None:
+            object.__setattr__(self, "keep", check_ratio(self.kind, "keep", self.keep))
+        if self.count is not None:
+            object.__setattr__(self, "count", check_int(self.kind, "count", self.count))
 
     def _units(self, w: Tensor) -> int:
         raise NotImplementedError
+
+    def check_fits(self, w: Tensor) -> None:
+        total = self._units(w)
+        if self.count is not None and self.count > total:
+            raise ConstraintError(
+                f"{self.kind}: count {self.count} is more than the {total:,} {self.unit}s of "
+                f"a weight shaped {tuple(w.shape)}: it would prune nothing"
+            )
 
     def k(self, w: Tensor) -> int:
         """How many units (weights or groups) of ``w`` this rule keeps."""
@@ -182,7 +199,15 @@ class Irregular(_PruneBase):
 
 @dataclass(frozen=True)
 class _GroupPrune(_PruneBase):
-    axis = "filter"
+    axis: ClassVar[str] = "filter"
+
+    def check_fits(self, w: Tensor) -> None:
+        if w.dim() < 2:
+            raise ConstraintError(
+                f"{self.kind} pruning needs a weight with two or more dimensions, got shape "
+                f"{tuple(w.shape)}"
+            )
+        super().check_fits(w)
 
     def _units(self, w: Tensor) -> int:
         return group_count(w, self.axis)
@@ -205,7 +230,8 @@ class _GroupPrune(_PruneBase):
 class Filter(_GroupPrune):
     """At most k non-zero output filters (rows of the [out, in*kh*kw] matrix)."""
 
-    axis = "filter"
+    axis: ClassVar[str] = "filter"
+    unit: ClassVar[str] = "filter"
 
 
 @register_constraint("channel")
@@ -213,7 +239,8 @@ class Filter(_GroupPrune):
 class Channel(_GroupPrune):
     """At most k non-zero input channels (for a Linear layer: input features)."""
 
-    axis = "channel"
+    axis: ClassVar[str] = "channel"
+    unit: ClassVar[str] = "channel"
 
 
 @register_constraint("column")
@@ -221,4 +248,5 @@ class Channel(_GroupPrune):
 class Column(_GroupPrune):
     """At most k non-zero columns of the [out, in*kh*kw] matrix (one (in, kh, kw) each)."""
 
-    axis = "column"
+    axis: ClassVar[str] = "column"
+    unit: ClassVar[str] = "column"

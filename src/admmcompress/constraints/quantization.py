@@ -60,7 +60,6 @@ to within 2 ulps of its dtype; so projecting a projected tensor gives it back bi
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -68,7 +67,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from .base import Constraint, make_constraint, register_constraint
+from .base import (
+    Constraint,
+    ConstraintError,
+    check_flag,
+    check_int,
+    make_constraint,
+    register_constraint,
+)
 
 MIN_BITS = 2
 MAX_BITS = 8
@@ -93,21 +99,9 @@ KINDS = ("binary", "ternary", "uniform")
 
 # -- helpers ------------------------------------------------------------------------------------
 def check_bits(bits: Any) -> int:
-    """``bits`` as an int in 2..8, or a ValueError naming the allowed range."""
-    try:
-        if isinstance(bits, bool):
-            raise TypeError
-        b = operator.index(bits)
-    except TypeError:
-        raise ValueError(
-            f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}"
-        ) from None
-    if not MIN_BITS <= b <= MAX_BITS:
-        raise ValueError(
-            f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r} "
-            "(use binary for 1 bit)"
-        )
-    return b
+    """``bits`` as an int in 2..8, or a ConstraintError naming the allowed range."""
+    hint = " (1 bit is the binary kind)" if bits == 1 and not isinstance(bits, bool) else ""
+    return check_int("uniform", "bits", bits, MIN_BITS, MAX_BITS, hint)
 
 
 def max_code(bits: int) -> int:
@@ -572,18 +566,25 @@ def check_on_grid(
 
 
 # -- constraint classes -------------------------------------------------------------------------
-class _Quantizer(Constraint):
-    """Shared behaviour of the quantization sets (fields live on the dataclasses)."""
+class Quantizer(Constraint):
+    """A quantization set: every weight (every kept one, with a mask) on a grid of few values.
+
+    Besides the projection, a quantizer fits its grid to a subset of the weights (``fit`` with
+    a ``mask``), so it can quantize the weights a pruning set keeps; ``bits`` and
+    ``per_channel`` tell the file writer how the codes are stored.
+    """
 
     family: ClassVar[str] = "quantize"
     per_channel: bool
     bits: int  # a dataclass field (uniform) or a property (binary 1, ternary 2)
 
+    parameter_help: ClassVar[Mapping[str, str]] = {
+        "bits": "bits per weight, 2..8",
+        "per_channel": "one scale per output channel instead of one per tensor",
+    }
+
     def _check_per_channel(self) -> None:
-        if not isinstance(self.per_channel, bool):
-            raise ValueError(
-                f"{self.kind}: per_channel must be true or false, got {self.per_channel!r}"
-            )
+        check_flag(self.kind, "per_channel", self.per_channel)
 
     def fit(self, w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -599,8 +600,12 @@ class _Quantizer(Constraint):
         return w.numel()
 
     def violation(self, w: Tensor) -> str | None:
+        return self.grid_violation(w)
+
+    def grid_violation(self, w: Tensor, mask: Tensor | None = None) -> str | None:
+        """Why ``w`` (its entries inside ``mask``, zeros allowed elsewhere) is off the grid."""
         bits = self.bits if self.kind == "uniform" else None
-        return check_on_grid(w, self.kind, bits, self.per_channel)
+        return check_on_grid(w, self.kind, bits, self.per_channel, mask=mask)
 
     def _suffix(self) -> str:
         return " (per channel)" if self.per_channel else ""
@@ -608,7 +613,7 @@ class _Quantizer(Constraint):
 
 @register_constraint("binary")
 @dataclass(frozen=True)
-class Binary(_Quantizer):
+class Binary(Quantizer):
     """Every weight is +-a (one a per tensor, or per output channel)."""
 
     per_channel: bool = False
@@ -629,7 +634,7 @@ class Binary(_Quantizer):
 
 @register_constraint("ternary")
 @dataclass(frozen=True)
-class Ternary(_Quantizer):
+class Ternary(Quantizer):
     """Every weight is -a, 0 or +a (one a per tensor, or per output channel)."""
 
     per_channel: bool = False
@@ -650,17 +655,14 @@ class Ternary(_Quantizer):
 
 @register_constraint("uniform")
 @dataclass(frozen=True)
-class Uniform(_Quantizer):
+class Uniform(Quantizer):
     """Every weight is a*q, q an integer with |q| <= 2^(bits-1)-1 (bits = 2..8)."""
 
     bits: int
     per_channel: bool = False
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "bits", check_bits(self.bits))
-        except ValueError as e:
-            raise ValueError(f"uniform: {e}") from None
+        object.__setattr__(self, "bits", check_bits(self.bits))
         self._check_per_channel()
 
     def fit(self, w: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -670,16 +672,13 @@ class Uniform(_Quantizer):
         return f"uniform {self.bits}-bit{self._suffix()}"
 
 
-QUANTIZERS = (Binary, Ternary, Uniform)
-
-
 def _as_constraint(spec: Any, role: str) -> Constraint:
     if isinstance(spec, Constraint):
         return spec
     if isinstance(spec, Mapping) and "kind" in spec:
         params = dict(spec)
         return make_constraint(params.pop("kind"), **params)
-    raise ValueError(
+    raise ConstraintError(
         f"pruned_quantized: {role} must be a constraint or a mapping with 'kind', got {spec!r}"
     )
 
@@ -695,7 +694,11 @@ class PrunedQuantized(Constraint):
     "keep": 0.1}``.
     """
 
-    family: ClassVar[str] = "quantize"
+    family: ClassVar[str] = "combined"
+    parameter_help: ClassVar[Mapping[str, str]] = {
+        "prune": "the pruning set",
+        "quant": "the quantization set of the kept weights",
+    }
 
     prune: Constraint
     quant: Constraint
@@ -703,12 +706,14 @@ class PrunedQuantized(Constraint):
     def __post_init__(self) -> None:
         prune = _as_constraint(self.prune, "prune")
         quant = _as_constraint(self.quant, "quant")
-        if not isinstance(quant, QUANTIZERS):
-            raise ValueError(
-                f"pruned_quantized: quant must be binary, ternary or uniform, got {quant.kind!r}"
+        if not isinstance(quant, Quantizer):
+            raise ConstraintError(
+                f"pruned_quantized: quant must be a quantization set, got {quant.kind!r}"
             )
-        if isinstance(prune, (*QUANTIZERS, PrunedQuantized)):
-            raise ValueError(f"pruned_quantized: prune must be a pruning set, got {prune.kind!r}")
+        if prune.family != "prune":
+            raise ConstraintError(
+                f"pruned_quantized: prune must be a pruning set, got {prune.kind!r}"
+            )
         object.__setattr__(self, "prune", prune)
         object.__setattr__(self, "quant", quant)
 
@@ -737,18 +742,23 @@ class PrunedQuantized(Constraint):
         msg = self.prune.violation(w)
         if msg is not None:
             return msg
-        quant = self.quant
-        bits = quant.bits if quant.kind == "uniform" else None  # type: ignore[attr-defined]
-        return check_on_grid(
-            w,
-            quant.kind,
-            bits,
-            quant.per_channel,
-            mask=self.prune.mask(w),  # type: ignore[attr-defined]
-        )
+        return self.quant.grid_violation(w, mask=self.prune.mask(w))  # type: ignore[attr-defined]
 
     def describe(self) -> str:
         return f"{self.prune.describe()} + {self.quant.describe()}"
+
+    def check_fits(self, w: Tensor) -> None:
+        self.prune.check_fits(w)
+        self.quant.check_fits(w)
+
+
+def combine(prune: Constraint | None, quant: Constraint | None) -> Constraint:
+    """The set a rule describes: its pruning set, its quantization set, or both at once."""
+    if prune is not None and quant is not None:
+        return PrunedQuantized(prune, quant)
+    if prune is None and quant is None:
+        raise ConstraintError("a rule needs a pruning set, a quantization set or both")
+    return prune or quant  # type: ignore[return-value]
 
 
 def quantizer_of(constraint: Constraint | None) -> Any | None:
@@ -759,7 +769,7 @@ def quantizer_of(constraint: Constraint | None) -> Any | None:
         return quantizer_of(inner)
     if isinstance(constraint, PrunedQuantized):
         return constraint.quant
-    if isinstance(constraint, QUANTIZERS):
+    if isinstance(constraint, Quantizer):
         return constraint
     return None
 

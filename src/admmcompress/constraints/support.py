@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .base import Constraint
 from .pruning import Channel, Filter
-from .quantization import QUANTIZERS, PrunedQuantized, check_on_grid, project_pruned_quantized
+from .quantization import PrunedQuantized, Quantizer, project_pruned_quantized
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,17 +46,17 @@ class FixedSupport(Constraint):
 
     @property
     def quantizes(self) -> bool:
-        return isinstance(self.inner, (*QUANTIZERS, PrunedQuantized))
+        return isinstance(self.inner, Quantizer | PrunedQuantized)
 
     def mask(self, w: Tensor) -> Tensor:
         s = self._support(w)
-        if isinstance(self.inner, QUANTIZERS):  # quantize only: the earlier mask stays
+        if isinstance(self.inner, Quantizer):  # quantize only: the earlier mask stays
             return s.clone()
         return self.inner.mask(w * s) & s
 
     def project(self, w: Tensor) -> Tensor:
         m = self.mask(w)
-        if isinstance(self.inner, QUANTIZERS):
+        if isinstance(self.inner, Quantizer):
             return project_pruned_quantized(w, m, self.inner)
         if isinstance(self.inner, PrunedQuantized):
             return project_pruned_quantized(w, m, self.inner.quant)
@@ -70,14 +70,12 @@ class FixedSupport(Constraint):
         revived = int(torch.count_nonzero(w[~s]))
         if revived:
             return f"{revived} weights pruned by an earlier step are non-zero"
-        if isinstance(self.inner, QUANTIZERS):
-            q = self.inner
-            bits = q.bits if q.kind == "uniform" else None  # type: ignore[attr-defined]
-            return check_on_grid(w, q.kind, bits, q.per_channel, mask=s)  # type: ignore[attr-defined]
+        if isinstance(self.inner, Quantizer):
+            return self.inner.grid_violation(w, mask=s)
         return self.inner.violation(w)
 
     def describe(self) -> str:
-        if isinstance(self.inner, QUANTIZERS):
+        if isinstance(self.inner, Quantizer):
             return f"earlier mask + {self.inner.describe()}"
         return self.inner.describe()
 

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..constraints import Constraint, StructuredRule, coupled_group_masks, structured_rule
+from ..constraints import (
+    Constraint,
+    ConstraintError,
+    StructuredRule,
+    coupled_group_masks,
+    structured_rule,
+)
 from .selection import select_layers
 
 
@@ -37,6 +43,14 @@ def _residual(w: Tensor, z: Tensor, dual: float, rho: float) -> Residual:
     primal = float(torch.linalg.vector_norm(w - z))
     w_norm = float(torch.linalg.vector_norm(w))
     return Residual(primal, dual, rho, primal / w_norm if w_norm else 0.0)
+
+
+def check_layer_fits(name: str, weight: Tensor, constraint: Constraint) -> None:
+    """Raise ``ConstraintError`` naming the layer when its set cannot apply to its weight."""
+    try:
+        constraint.check_fits(weight)
+    except ConstraintError as e:
+        raise ConstraintError(f"layer {name!r}: {e}", e.param) from None
 
 
 # Devices where add_penalty_grad_ updates all layers in one multi-tensor call (launch-bound).
@@ -108,6 +122,8 @@ class ADMM:
         self.history: list[dict[str, Residual]] = []
         modules = dict(model.named_modules())
         selected = select_layers(model, rules)
+        for name, constraint in selected.items():
+            check_layer_fits(name, modules[name].weight, constraint)
         self.layers: dict[str, _Layer] = {
             name: _Layer(modules[name].weight, constraint, rho)
             for name, constraint in selected.items()

@@ -8,9 +8,27 @@ are the classic remedy on MNIST, crops and flips on CIFAR-10.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation of image batches (never applied to evaluation).
+
+    ``shift``: move each image by up to this many pixels (pad + random crop); ``hflip``:
+    mirror at random; ``pad``: what a shift brings in at the border, copies of the edge
+    pixels or black (zero padding before normalisation, as torchvision's RandomCrop).
+    Streamed splits (image folders) use ``hflip`` only: they crop at random already.
+    """
+
+    shift: int = 0
+    hflip: bool = False
+    pad: Literal["edge", "black"] = "edge"
 
 
 def random_shift(

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from ..recipe.schema import AugmentConfig
-from . import DataError, Dataset, register_dataset
+from .augment import Augment
+from .registry import register_dataset
+from .split import DataError, Dataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,13 +45,24 @@ class FolderOptions:
 
     image_size: int = 224
     eval_resize: int | None = None  # default: image_size / 0.875 (256 for 224)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+
+    def __post_init__(self) -> None:
+        if self.resize < self.image_size:
+            raise DataError(
+                f"data.eval_resize ({self.resize}) must be at least data.image_size "
+                f"({self.image_size})"
+            )
+        object.__setattr__(self, "crop_scale", tuple(self.crop_scale))
 
     @property
     def resize(self) -> int:
         return self.eval_resize or round(self.image_size / 0.875)
 
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    def recorded(self) -> dict[str, int]:
+        """What a model file records so that ``eval`` crops as the run did."""
+        return {"eval_resize": self.resize}
 
 
 class _Images(torch.utils.data.Dataset):
@@ -59,6 +71,7 @@ class _Images(torch.utils.data.Dataset):
     def __init__(
         self, samples: list[tuple[str, int]], train: bool, opts: FolderOptions, hflip: bool
     ) -> None:
+
         self.samples = samples
         if train:
             steps: list[Callable] = [
@@ -76,6 +89,7 @@ class _Images(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, int]:
+
         index, seed = item
         path, label = self.samples[index]
         try:
@@ -123,7 +137,7 @@ class FolderSplit:
         batch_size: int,
         generator: torch.Generator,
         rows: Callable[[int], slice] | None = None,
-        augment: AugmentConfig | None = None,
+        augment: Augment | None = None,
     ) -> Iterator[tuple[Tensor, Tensor, int]]:
         """Shuffled ``(x, y, global batch size)``, each image randomly cropped (and flipped
         with ``augment.hflip``); ``rows(n)``: this rank's slice of a global batch of ``n``."""
@@ -152,6 +166,7 @@ class FolderSplit:
     def _load(
         self, batches: list[tuple[list[tuple[int, int]], int]], train: bool, hflip: bool
     ) -> Iterator[tuple[Tensor, Tensor, int]]:
+
         workers = self.options.workers
         loader = DataLoader(
             _Images(list(self.samples), train, self.options, hflip),
@@ -178,6 +193,7 @@ class FolderSplit:
 
 
 def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+
     try:
         classes, index = find_classes(str(folder))
         samples = make_dataset(str(folder), index, extensions=IMG_EXTENSIONS)
@@ -207,10 +223,6 @@ def load_image_folder(name: str, root: str | os.PathLike, options: FolderOptions
             f"({len(classes)} and {len(eval_classes)}; e.g. {missing}); they must be the same"
         )
     size = options.image_size
-    if options.resize < size:
-        raise DataError(
-            f"data.eval_resize ({options.resize}) must be at least data.image_size ({size})"
-        )
     return Dataset(
         name,
         FolderSplit(tuple(train), options),  # type: ignore[arg-type]
@@ -220,15 +232,13 @@ def load_image_folder(name: str, root: str | os.PathLike, options: FolderOptions
     )
 
 
-def _default_loader(name: str) -> Callable[[Path, bool, bool], Dataset]:
-    def loader(root: Path, verify: bool, download: bool) -> Dataset:
-        if download:
-            raise DataError(f"{name} cannot be downloaded; put it at {root}")
-        return load_image_folder(name, root, FolderOptions())
-
-    return loader
+@register_dataset("imagenet", options=FolderOptions, augmentations=("hflip",))
+def _load_imagenet(root: Path, options: FolderOptions) -> Dataset:
+    """ImageNet in torchvision's ImageFolder layout (train/ and val/)."""
+    return load_image_folder("imagenet", root, options)
 
 
-# by name, with the default options (``admmcompress eval``); runs pass the config's options
-for _name in ("imagenet", "image_folder"):
-    register_dataset(_name)(_default_loader(_name))
+@register_dataset("image_folder", options=FolderOptions, augmentations=("hflip",))
+def _load_folder(root: Path, options: FolderOptions) -> Dataset:
+    """Your own images: ``root/train/<class>/*`` and ``root/val/<class>/*``."""
+    return load_image_folder("image_folder", root, options)

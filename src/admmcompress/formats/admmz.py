@@ -35,9 +35,9 @@ from torch import Tensor, nn
 
 from ..constraints import fit_binary, fit_ternary, fit_uniform
 from ..core.selection import compressible_layers
-from ..models import create_model
-from ..run.checkpoint import atomic_write
+from ..models import architecture_args, create_model
 from ..structure.compact import resize_modules
+from .atomic import atomic_write
 from .encoding import (
     MAX_WIDTH,
     QuantSpec,
@@ -51,7 +51,8 @@ from .encoding import (
     signed_codes,
     unpack_uint,
 )
-from .safetensors_model import architecture_args
+from .model_file import ModelFile, ModelFileError
+from .registry import FileFormat, register_format
 
 MAGIC = b"ADMMZ\x00\r\n"
 FORMAT_VERSION = 1
@@ -74,7 +75,7 @@ RAW_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
 }
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(ModelFileError):
     """A file that is not a readable ``.admmz`` model: the message says what is wrong."""
 
 
@@ -349,6 +350,10 @@ def is_admmz(path: str | os.PathLike) -> bool:
         return f.read(len(MAGIC)) == MAGIC
 
 
+def _sniff(head: bytes) -> bool:
+    return head.startswith(MAGIC)
+
+
 def _fail(path: Path, why: str) -> ModelFormatError:
     return ModelFormatError(f"{path}: {why}")
 
@@ -524,3 +529,71 @@ def read_admmz(
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     return LoadedFile(model, header, FileSummary(header, size, size - len(payload)))
+
+
+def _model_file(path: Path, loaded: LoadedFile) -> ModelFile:
+    h = loaded.header
+    quant = {
+        t.name.removesuffix(".weight"): QuantSpec(t.values.bits, t.values.per_channel)
+        for t in h.tensors
+        if t.values.kind == "codes" and t.values.bits is not None
+    }
+    return ModelFile(
+        path,
+        "admmz",
+        loaded.model,
+        h.model,
+        dict(h.model_args),
+        {},
+        quant,
+        tuple(h.input_shape) if h.input_shape else None,
+        dict(h.metadata),
+        {k: dict(v) for k, v in h.resized.items()},
+        h.original_weights,
+        loaded.summary,
+    )
+
+
+def _read_model(path: Path, device: str | torch.device, max_params: int | None) -> ModelFile:
+    return _model_file(path, read_admmz(path, device, max_params or DEFAULT_MAX_PARAMS))
+
+
+def _read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The decoded weights, and as masks the patterns of the weights stored sparse."""
+    loaded = read_admmz(path)
+    state = loaded.model.state_dict()
+    masks = {
+        t.name.removesuffix(".weight"): state[t.name] != 0
+        for t in loaded.header.tensors
+        if t.weight and t.pattern.kind != "dense"
+    }
+    return state, masks
+
+
+def _write(mf: ModelFile, out: Path, *, values: str = "float32") -> FileSummary:
+    return save_admmz(
+        out,
+        mf.model,
+        model_name=mf.model_name,
+        model_args=mf.model_args,
+        quant=mf.quant,
+        values=values,
+        resized=mf.resized,
+        original_weights=mf.original_weights,
+        input_shape=mf.input_shape,
+        # in a fixed order: safetensors hands its metadata back in a random one
+        metadata={k: mf.metadata[k] for k in ("dataset", "rules") if k in mf.metadata},
+    )
+
+
+register_format(
+    FileFormat(
+        "admmz",
+        SUFFIX,
+        ".admmz model file",
+        sniff=_sniff,
+        read=_read_model,
+        read_state=_read_state,
+        write=_write,
+    )
+)

@@ -1,11 +1,16 @@
-"""The final model file: hardened weights and masks in safetensors, described by metadata."""
+"""``model.safetensors``: a run's model, hardened weights and masks, described by metadata.
+
+The metadata records how to rebuild the architecture (``model``, ``model_args``), the
+quantized layers' grids, the input shape and the data set, so the file alone can be
+evaluated, exported or used as a teacher. Plain safetensors state dicts are read here too
+(``read_state``), for ``init:``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +19,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..models import create_model
-from ..run.checkpoint import atomic_write
+from ..models import MASK_PREFIX, architecture_args, create_model
+from .atomic import atomic_write
+from .encoding import QuantSpec
+from .model_file import ModelFile, ModelFileError
+from .registry import FileFormat, register_format
 
 MODEL_FORMAT = "admmcompress.model/1"
-MASK_PREFIX = "__mask__."
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing, corrupt, or not written by this tool."""
-
-
-@dataclass
-class SavedModel:
-    model: nn.Module
-    masks: dict[str, Tensor]
-    model_name: str
-    model_args: dict[str, Any]
-    metadata: dict[str, str]
-
-
-def architecture_args(model_args: Mapping[str, Any]) -> dict[str, Any]:
-    """The arguments that shape a model: a ``weights`` file is left out, the saved tensors
-    replace it (and a model file must never make its reader open another file)."""
-    return {k: v for k, v in model_args.items() if k != "weights"}
 
 
 def save_model(
@@ -63,21 +51,50 @@ def save_model(
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SavedModel:
-    """Rebuild the model named in the file's metadata and load its weights exactly."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
+def _read(
+    path: Path, device: str | torch.device = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, str]]:
     try:
         tensors = load_file(str(path), device=str(device))
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
         raise ModelFileError(f"{path} is not a readable safetensors file: {e}") from None
+    return tensors, metadata
+
+
+def _split_masks(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    masks = {k[len(MASK_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
+    return state, masks
+
+
+def read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The weights and masks of any safetensors file (a plain one has no masks)."""
+    state, masks = _split_masks(_read(path)[0])
+    return state, masks
+
+
+def _legacy_quant(report: dict[str, Any] | None) -> dict[str, QuantSpec]:
+    """Quantized layers of a run saved before model files recorded them: from report.json."""
+    if report is None:
+        return {}
+    return {
+        r["name"]: QuantSpec(r["bits"], r.get("distinct_values_per_channel") is not None)
+        for r in report.get("layers", [])
+        if r.get("quantized")
+    }
+
+
+def read_model(
+    path: Path, device: str | torch.device = "cpu", max_params: int | None = None
+) -> ModelFile:
+    """Rebuild the model named in the file's metadata and load its weights exactly."""
+    tensors, metadata = _read(path, device)
     if metadata.get("format") != MODEL_FORMAT:
         raise ModelFileError(
             f"{path} was not written by admmcompress (format {metadata.get('format')!r}, "
-            f"expected {MODEL_FORMAT!r})"
+            f"expected {MODEL_FORMAT!r}); a plain state dict can start a run as 'init:'"
         )
     try:
         model_args = json.loads(metadata["model_args"])
@@ -86,8 +103,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         model = create_model(metadata["model"], **model_args)
     except (KeyError, ValueError, TypeError) as e:
         raise ModelFileError(f"{path}: cannot rebuild the model from its metadata: {e}") from None
-    masks = {k[len(MASK_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MASK_PREFIX)}
-    state = {k: v for k, v in tensors.items() if not k.startswith(MASK_PREFIX)}
+    state, masks = _split_masks(tensors)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -95,22 +111,34 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
             f"{path}: weights do not fit model {metadata['model']!r}: {e}"
         ) from None
     model.to(device)
-    return SavedModel(model, masks, metadata["model"], model_args, metadata)
+    report_file = path.parent / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else None
+    mf = ModelFile(path, "safetensors", model, metadata["model"], model_args, masks)
+    mf.metadata, mf.report = metadata, report
+    raw_quant = mf.meta("quantization")
+    if isinstance(raw_quant, dict):
+        mf.quant = {
+            k: QuantSpec(int(v["bits"]), bool(v["per_channel"])) for k, v in raw_quant.items()
+        }
+    else:
+        mf.quant = _legacy_quant(report)
+    shape = mf.meta("input_shape")
+    mf.input_shape = tuple(shape) if isinstance(shape, list) else None
+    return mf
 
 
-def load(
-    path: str | os.PathLike, device: str | torch.device = "cpu", max_params: int | None = None
-) -> nn.Module:
-    """The model in an ``.admmz`` or admmcompress ``.safetensors`` file, in eval mode.
+def is_safetensors(head: bytes) -> bool:
+    """A little-endian header length, then the header's JSON object."""
+    return len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
 
-    The format is told by the file's first bytes, not its name. ``max_params`` raises the
-    ``.admmz`` reader's limit on the values a file may declare (default 2^30).
-    """
-    from .admmz import DEFAULT_MAX_PARAMS, is_admmz, read_admmz
 
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
-    if is_admmz(path):
-        return read_admmz(path, device, max_params or DEFAULT_MAX_PARAMS).model
-    return load_model(path, device).model.eval()
+register_format(
+    FileFormat(
+        "safetensors",
+        ".safetensors",
+        "safetensors file",
+        sniff=is_safetensors,
+        read=read_model,
+        read_state=read_state,
+    )
+)

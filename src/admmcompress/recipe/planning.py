@@ -16,36 +16,17 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..constraints import Constraint, FixedSupport, PrunedQuantized, make_constraint
+from ..constraints import Constraint, FixedSupport
+from ..core.admm import check_layer_fits
 from ..core.selection import compressible_layers, select_layers
 from .allocation import ScanPoint, allocate, sensitivity_scan
-from .schema import ConfigError, RuleConfig, StepConfig
+from .schema import ConfigError, RuleConfig, RunConfig, StepConfig
 
 
-def rule_constraint(rule: RuleConfig) -> Constraint:
-    """The constraint set a config rule describes: pruned, quantized, or both."""
-    prune = make_constraint(rule.prune, **rule.constraint_params()) if rule.prune else None
-    quant = None
-    if rule.quantize is not None:
-        quant = make_constraint(rule.quantize.kind, **rule.quantize.constraint_params())
-    if prune is not None and quant is not None:
-        return PrunedQuantized(prune, quant)
-    constraint = prune or quant
-    assert constraint is not None  # the schema requires prune or quantize
-    return constraint
-
-
-def merge_rule(old: RuleConfig | None, new: RuleConfig) -> RuleConfig:
-    """``new`` over ``old``, aspect by aspect (pruning, quantization)."""
-    if old is None:
-        return new
-    src = new if new.prune is not None else old
-    return RuleConfig(
-        prune=src.prune,
-        keep=src.keep,
-        count=src.count,
-        quantize=new.quantize if new.quantize is not None else old.quantize,
-    )
+def layer_constraints(model: nn.Module, cfg: RunConfig) -> dict[str, Constraint]:
+    """The first step's explicit rules as one constraint per layer (raises on bad rules)."""
+    rules = cfg.step_list()[0].rules
+    return select_layers(model, {sel: rule.constraint() for sel, rule in rules.items()})
 
 
 def step_constraints(
@@ -56,7 +37,7 @@ def step_constraints(
     for name in compressible_layers(model):  # model order
         if name not in rules:
             continue
-        c = rule_constraint(rules[name])
+        c = rules[name].constraint()
         out[name] = FixedSupport(c, support[name].bool()) if name in support else c
     return out
 
@@ -71,8 +52,11 @@ class StepPlan:
 
 
 def check_step_selectors(model: nn.Module, step: StepConfig) -> None:
-    """Fail before training when a step's rules or target name no layer (raises)."""
-    select_layers(model, step.rules)
+    """Fail before training when a step's rules or target name no layer, or a rule cannot
+    apply to a layer it selects (raises)."""
+    modules = compressible_layers(model)
+    for name, rule in select_layers(model, step.rules).items():
+        check_layer_fits(name, modules[name].weight, rule.constraint())
     if step.target is not None:
         select_layers(model, dict.fromkeys(step.target.layers, True))
 
@@ -93,7 +77,7 @@ def plan_step(
     explicit = select_layers(model, step.rules)
     rules = dict(carried)
     for name, rule in explicit.items():
-        rules[name] = merge_rule(carried.get(name), rule)
+        rules[name] = rule.merged_over(carried.get(name))
     target = step.target
     if target is None:
         return StepPlan(rules)
@@ -113,7 +97,7 @@ def plan_step(
     keep_all = math.floor(total / target.rate)
     others = 0
     for n in pruned - set(chosen):
-        c = rule_constraint(rules[n])
+        c = rules[n].constraint()
         if n in masks:
             c = FixedSupport(c, masks[n].bool())
         others += c.budget(weights[n])
@@ -141,7 +125,9 @@ def plan_step(
     for n in chosen:
         old = carried.get(n)
         quantize = target.quantize if target.quantize is not None else (old and old.quantize)
-        rules[n] = RuleConfig(prune="irregular", count=counts[n], quantize=quantize or None)
+        rules[n] = RuleConfig.model_validate(
+            {"prune": "irregular", "count": counts[n], "quantize": quantize or None}
+        )
     info = {
         "rate": target.rate,
         "method": target.allocation,

@@ -23,8 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-from ..constraints import available_constraints
+from ..data import DataError, available_datasets, dataset_entry
 from ..models import available_models
+from .rules import QuantizeConfig, RuleConfig
 
 
 class ConfigError(ValueError):
@@ -132,90 +133,6 @@ class AdmmConfig(PhaseConfig):
                 "no ADMM update would ever run"
             )
         return self
-
-
-class QuantizeConfig(_Strict):
-    """Which values a layer's weights may take: ``binary``, ``ternary`` or b-bit ``uniform``."""
-
-    kind: Literal["binary", "ternary", "uniform"]
-    bits: int | None = Field(None, description="uniform only: bits per weight, 2..8")
-    per_channel: bool = Field(False, description="one scale per output channel")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        """``quantize: binary`` / ``ternary`` / ``4`` (bits) as short forms."""
-        if isinstance(v, str) and v in ("binary", "ternary"):
-            return {"kind": v}
-        if isinstance(v, int) and not isinstance(v, bool):
-            return {"kind": "uniform", "bits": v}
-        return v
-
-    @model_validator(mode="after")
-    def _bits(self) -> QuantizeConfig:
-        implied = {"binary": 1, "ternary": 2}.get(self.kind)
-        if implied is not None:
-            if self.bits not in (None, implied):
-                raise ValueError(f"{self.kind} weights use {implied} bit(s); drop 'bits'")
-        elif self.bits is None or not 2 <= self.bits <= 8:
-            raise ValueError(
-                f"uniform quantization needs 'bits' between 2 and 8, got {self.bits} "
-                "(use kind: binary for 1 bit)"
-            )
-        return self
-
-    def constraint_params(self) -> dict[str, Any]:
-        params: dict[str, Any] = {"per_channel": self.per_channel}
-        if self.kind == "uniform":
-            params["bits"] = self.bits
-        return params
-
-
-class RuleConfig(_Strict):
-    """How one layer (or a pattern of layers) is compressed: pruned, quantized, or both."""
-
-    prune: str | None = Field(None, description="pruning kind: irregular, filter, channel, column")
-    keep: float | None = Field(None, description="ratio of weights (or groups) kept, in (0, 1]")
-    count: int | None = Field(None, ge=1, description="absolute number kept instead of a ratio")
-    quantize: QuantizeConfig | None = Field(
-        None, description="binary | ternary | {kind: uniform, bits: 2..8, per_channel: bool}"
-    )
-
-    @field_validator("prune")
-    @classmethod
-    def _known_kind(cls, v: str | None) -> str | None:
-        kinds = available_constraints("prune")
-        if v is not None and v not in kinds:
-            raise ValueError(f"unknown pruning kind {v!r}; allowed: {', '.join(kinds)}")
-        return v
-
-    @field_validator("keep")
-    @classmethod
-    def _ratio(cls, v: float | None) -> float | None:
-        if v is not None and not 0.0 < v <= 1.0:
-            raise ValueError(f"keep must be a ratio in (0, 1] (0.05 keeps 5%), got {v}")
-        return v
-
-    @model_validator(mode="after")
-    def _one_amount(self) -> RuleConfig:
-        if self.prune is None:
-            if self.keep is not None or self.count is not None:
-                raise ValueError("'keep' and 'count' need 'prune' (e.g. prune: irregular)")
-            if self.quantize is None:
-                raise ValueError(
-                    "a rule needs 'prune' (with 'keep' or 'count'), 'quantize', or both, "
-                    "e.g. {prune: irregular, keep: 0.1} or {quantize: binary}"
-                )
-            return self
-        if (self.keep is None) == (self.count is None):
-            raise ValueError(
-                "give exactly one of 'keep' (a ratio in (0, 1]) or 'count' (to switch a "
-                "rule with --set, clear the other one: --set rules.NAME.keep=)"
-            )
-        return self
-
-    def constraint_params(self) -> dict[str, Any]:
-        return {"keep": self.keep} if self.keep is not None else {"count": self.count}
 
 
 ALLOCATIONS = ("sensitivity", "global_magnitude", "uniform")
@@ -337,14 +254,16 @@ class AugmentConfig(_Strict):
         return v
 
 
-FOLDER_DATASETS = ("imagenet", "image_folder")  # streamed from disk, see image_folder.py
+#: DataConfig fields that are options of the data set's own loader (``data.registry``)
+LOADER_OPTIONS = ("verify", "download", "workers", "image_size", "eval_resize")
 
 
 class DataConfig(_Strict):
-    dataset: Literal["mnist", "fashion_mnist", "cifar10", "imagenet", "image_folder"] = Field(
+    dataset: str = Field(
         "mnist",
-        description="imagenet / image_folder: ROOT/train/<class>/* and ROOT/val/<class>/*, "
-        "decoded from disk batch by batch (the others are held in memory)",
+        description="a registered data set: mnist, fashion_mnist, cifar10 (held in memory), "
+        "imagenet or image_folder (ROOT/train/<class>/* and ROOT/val/<class>/*, decoded from "
+        "disk batch by batch), or one you register",
     )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     root: str | None = Field(
@@ -378,30 +297,68 @@ class DataConfig(_Strict):
         "(default image_size / 0.875: 256 for 224)",
     )
 
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return dataset_entry(v).name  # the error lists the registered data sets
+
+    def _given_options(self) -> dict[str, Any]:
+        """Loader options set away from their defaults (``augment.crop_scale`` included)."""
+        given = {
+            name: getattr(self, name)
+            for name in LOADER_OPTIONS
+            if getattr(self, name) != DataConfig.model_fields[name].default
+        }
+        if self.augment.crop_scale is not None:
+            given["crop_scale"] = self.augment.crop_scale
+        return given
+
+    def loader_options(self) -> dict[str, Any]:
+        """The options the data set's loader reads, as given (absent: its default)."""
+        names = dataset_entry(self.dataset).option_names()
+        return {k: v for k, v in self._given_options().items() if k in names}
+
     @model_validator(mode="after")
     def _fits_the_dataset(self) -> DataConfig:
-        folder_only = ["workers", "image_size", "eval_resize"]
-        given = [f for f in folder_only if getattr(self, f) is not None]
-        if self.augment.crop_scale is not None:
-            given.append("augment.crop_scale")
-        if self.dataset in FOLDER_DATASETS:
-            if self.augment.shift:
-                raise ValueError(
-                    "augment.shift is for the in-memory data sets; image folders are cropped "
-                    "at random already (see augment.crop_scale)"
-                )
-            if self.download:
-                raise ValueError(f"{self.dataset} cannot be downloaded: set download: false")
-            if self.augment.pad != "edge":
-                raise ValueError("augment.pad is for shifts; image folders are cropped instead")
-            size, resize = self.image_size or 224, self.eval_resize
-            if resize is not None and resize < size:
-                raise ValueError(f"eval_resize ({resize}) must be at least image_size ({size})")
-        elif given:
+        entry = dataset_entry(self.dataset)
+        names = entry.option_names()
+        # verify: false where nothing has checksums asks for nothing, so it passes
+        wrong = [n for n in self._given_options() if n not in names and n != "verify"]
+        if wrong:
+            shown = ", ".join("augment.crop_scale" if n == "crop_scale" else n for n in wrong)
+            takers = [
+                d
+                for d in available_datasets()
+                if set(wrong) <= set(dataset_entry(d).option_names())
+            ]
             raise ValueError(
-                f"{', '.join(given)} only apply to image folders (dataset: imagenet or "
-                f"image_folder), not to {self.dataset}"
+                f"{shown} only appl{'y' if len(wrong) > 1 else 'ies'} to "
+                f"{', '.join(takers) or 'no registered data set'}, not to {self.dataset} "
+                f"(which takes {', '.join(names)})"
             )
+        on = {
+            "shift": self.augment.shift != 0,
+            "hflip": self.augment.hflip,
+            "pad": self.augment.pad != "edge",
+        }
+        unsupported = [
+            f"augment.{k}" for k, used in on.items() if used and k not in entry.augmentations
+        ]
+        if unsupported:
+            hint = (
+                " (it crops at random already, see augment.crop_scale)"
+                if "crop_scale" in names
+                else ""
+            )
+            raise ValueError(
+                f"{', '.join(unsupported)} cannot be used with {self.dataset}, whose training "
+                f"batches support {', '.join(sorted(entry.augmentations)) or 'no augmentation'}"
+                + hint
+            )
+        try:
+            entry.make_options(**self.loader_options())
+        except DataError as e:
+            raise ValueError(str(e)) from None
         return self
 
 
@@ -666,6 +623,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "missing":
             lines.append(f"  - {path}: required key is missing")
             continue
+        param = getattr(e.get("ctx", {}).get("error"), "param", None)
+        if param is not None:  # a constraint names the parameter it refuses
+            path = f"{path}.{param}" if loc else param
         msg = e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from ..constraints import Constraint, count_levels, prunes, quantizer_of
 from ..core.selection import compressible_layers
+from ..formats.atomic import atomic_write_text
 from ..formats.encoding import QuantSpec, plan_tensor
-from .checkpoint import atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -120,6 +120,38 @@ def pruning_rates(layers: list[dict[str, Any]]) -> dict[str, float]:
     return {
         "pruning_rate": rate([r for r in layers if r["pruned"]]),
         "overall_rate": rate(layers),
+    }
+
+
+def step_summary(
+    *,
+    index: int,
+    name: str,
+    model: nn.Module,
+    constraints: Mapping[str, Constraint],
+    masks: Mapping[str, Tensor],
+    test: tuple[float, float],
+    phases: dict[str, dict[str, float]],
+    allocation: dict[str, Any],
+    model_file: str,
+) -> dict[str, Any]:
+    """One finished step of a progressive run, as report.json lists it."""
+    layers = layer_table(model, constraints, masks)
+    return {
+        "index": index,
+        "name": name,
+        **pruning_rates(layers),
+        **storage_summary(layers),
+        "nonzero_total": sum(r["nonzero"] for r in layers),
+        "test_accuracy": test[1],
+        "test_loss": test[0],
+        "phases": {k: phases[k] for k in ("admm", "harden", "retrain") if k in phases},
+        "layers": {
+            r["name"]: {"nonzero": r["nonzero"], "bits": r["bits"], "constraint": r["constraint"]}
+            for r in layers
+        },
+        "allocation": allocation,
+        "model_file": model_file,
     }
 
 

@@ -17,12 +17,13 @@ from typing import Any
 import torch
 
 from ..core.selection import select_layers
-from ..models import create_model
+from ..formats import load_weights
+from ..formats.atomic import atomic_write_text
 from ..recipe.allocation import ScanPoint, allocate, sensitivity_scan
 from ..recipe.schema import ConfigError, RunConfig
-from ..train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
-from .checkpoint import atomic_write_text
-from .pipeline import load_run_data, load_weights, setup_runtime
+from ..train.loop import evaluate, train_epoch
+from . import inputs
+from .runtime import setup_runtime
 
 log = logging.getLogger("admmcompress")
 
@@ -45,9 +46,9 @@ def run_sensitivity(
     rate: float | None = None,
 ) -> dict[str, Any]:
     """Scan, then write sensitivity.json, sensitivity.md and sensitivity.png into ``out``."""
-    device = setup_runtime(cfg)
+    device = setup_runtime(cfg.runtime)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.name, **cfg.model.args)
+    model = inputs.build_model(cfg.model)
     chosen = list(select_layers(model, dict.fromkeys(layers or ["*"], True)))
     source = weights or (Path(cfg.init) if cfg.init else None)
     if source is None and cfg.pretrain.epochs == 0:
@@ -56,13 +57,13 @@ def run_sensitivity(
             "folder or a state dict), set 'init:', or give the config pretrain epochs"
         )
     if source is not None:
-        load_weights(model, source, cfg.model.name)
+        load_weights(model, source)
     model.to(device)
-    data = load_run_data(cfg, data_dir, device)
+    data = inputs.load_run_data(cfg, data_dir, device)
     if source is None:  # train the dense model as the config's pretraining would
         generator = torch.Generator().manual_seed(cfg.seed + 1)
-        optimizer = build_optimizer(model.parameters(), cfg.pretrain.optimizer)
-        scheduler = build_scheduler(optimizer, cfg.pretrain.scheduler, cfg.pretrain.epochs)
+        optimizer = inputs.optimizer(model.parameters(), cfg.pretrain.optimizer)
+        scheduler = inputs.scheduler(optimizer, cfg.pretrain.scheduler, cfg.pretrain.epochs)
         for epoch in range(cfg.pretrain.epochs):
             stats = train_epoch(
                 model,
@@ -72,7 +73,7 @@ def run_sensitivity(
                 generator=generator,
                 progress=cfg.runtime.progress,
                 desc=f"pretrain {epoch + 1}/{cfg.pretrain.epochs}",
-                augment=cfg.data.augment,
+                augment=inputs.augmentation(cfg.data.augment),
             )
             scheduler.step()
             log.info("pretrain %d/%d: loss %.4f", epoch + 1, cfg.pretrain.epochs, stats.loss)

@@ -1,10 +1,14 @@
-"""Epoch-level training and evaluation over a batch source, plus optimizer/schedule factories."""
+"""Epoch-level training and evaluation over a batch source.
+
+Plain values in (a torch optimizer, augmentation and distillation settings), numbers out:
+nothing here knows the config file.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..data import BatchSource, num_batches
-from ..recipe.schema import AugmentConfig, DistillConfig, OptimizerConfig, SchedulerConfig
+from ..data import Augment, BatchSource, num_batches
+from .distill import Distillation
 from .distributed import SINGLE, DistContext, all_reduce_gradients, all_reduce_sum
 
 
@@ -30,39 +34,6 @@ class EpochStats:
     seconds: float
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    params = list(params)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}")
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, epochs: int
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-epoch schedule over ``epochs``; it restarts from the optimizer's initial lr."""
-    for group in optimizer.param_groups:
-        group["lr"] = group.setdefault("initial_lr", group["lr"])
-    sched = torch.optim.lr_scheduler
-    if cfg.name == "cosine":
-        return sched.CosineAnnealingLR(optimizer, T_max=max(1, epochs), eta_min=cfg.min_lr)
-    if cfg.name == "step":
-        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    if cfg.name == "multistep":
-        return sched.MultiStepLR(optimizer, milestones=cfg.milestones, gamma=cfg.gamma)
-    return sched.LambdaLR(optimizer, lambda _: 1.0)
-
-
 def train_epoch(
     model: nn.Module,
     split: BatchSource,
@@ -74,9 +45,9 @@ def train_epoch(
     after_backward: Callable[[], None] | None = None,
     progress: bool = True,
     desc: str = "train",
-    augment: AugmentConfig | None = None,
+    augment: Augment | None = None,
     teacher: nn.Module | None = None,
-    distill: DistillConfig | None = None,
+    distill: Distillation | None = None,
     dist: DistContext = SINGLE,
     params: list[nn.Parameter] | None = None,
     autocast: torch.dtype | None = None,
@@ -116,15 +87,8 @@ def train_epoch(
         objective = loss * scale
         if teacher is not None and distill is not None and y.numel():
             with torch.no_grad(), _autocast(x, autocast):
-                target = F.log_softmax(teacher(x).float() / distill.temperature, dim=1)
-            kd = F.kl_div(
-                F.log_softmax(logits.float() / distill.temperature, dim=1),
-                target,
-                reduction="batchmean",
-                log_target=True,
-            )
-            w = distill.weight
-            objective = ((1 - w) * loss + w * distill.temperature**2 * kd) * scale
+                teacher_logits = teacher(x)
+            objective = distill.objective(loss, logits, teacher_logits) * scale
         if penalty is not None:
             pen = penalty()
             objective = objective + pen
