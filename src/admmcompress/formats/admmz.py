@@ -90,11 +90,12 @@ class Section(_Strict):
 
 
 class PatternHeader(_Strict):
-    kind: Literal["dense", "bitmask", "relative", "rice"]
+    kind: Literal["dense", "bitmask", "relative", "rice", "nm"]
     nnz: int = Field(ge=0)
-    param: int | None = Field(None, ge=0, le=MAX_WIDTH)
+    param: int | None = Field(None, ge=0, le=MAX_WIDTH)  # nm: m
     entries: int | None = Field(None, ge=0)
     section: Section
+    n: int | None = Field(None, ge=1, le=MAX_WIDTH)  # nm: n
 
 
 class ValuesHeader(_Strict):
@@ -186,6 +187,7 @@ def _row(t: TensorHeader) -> dict[str, Any]:
         "nnz": p.nnz,
         "encoding": p.kind,
         "pattern_param": p.param,
+        **({"pattern_n": p.n} if p.n is not None else {}),
         "values": f"{v.bits}-bit codes" if v.kind == "codes" else v.dtype,
         "scale_dtype": v.scale_dtype,
         "index_bytes": p.section.length,
@@ -277,6 +279,8 @@ def save_admmz(
                 plan.numel,
                 plan.pattern,
                 plan.pattern_param,
+                plan.shape,
+                plan.pattern_n,
             )
             vals, scales = encode_values(plan)
             assert len(pattern) == plan.pattern_bytes and len(vals) == plan.value_bytes
@@ -291,6 +295,7 @@ def save_admmz(
                     "param": plan.pattern_param,
                     "entries": plan.pattern_entries,
                     "section": add(pattern),
+                    **({"n": plan.pattern_n} if plan.pattern_n is not None else {}),
                 },
                 "values": {
                     "kind": "codes" if plan.quantized is not None else "raw",
@@ -335,7 +340,11 @@ def save_admmz(
         }
     )
     _check_architecture(Path(path), header, max(DEFAULT_MAX_PARAMS, _count(model)))
-    raw_header = json.dumps(header.model_dump(), separators=(",", ":")).encode()
+    dumped = header.model_dump()
+    for t in dumped["tensors"]:  # only nm patterns carry n: other files keep their bytes
+        if t["pattern"]["n"] is None:
+            del t["pattern"]["n"]
+    raw_header = json.dumps(dumped, separators=(",", ":")).encode()
     packed = zlib.compress(raw_header, 9)
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
     blob = body + _CRC.pack(zlib.crc32(body))
@@ -468,6 +477,8 @@ def _decode_tensor(t: TensorHeader, payload: bytes) -> Tensor:
         t.pattern.kind,
         t.pattern.param,
         t.pattern.entries,
+        tuple(t.shape),
+        t.pattern.n,
     )
     count = numel if positions is None else positions.size
     v = t.values
@@ -495,6 +506,11 @@ def _decode_tensor(t: TensorHeader, payload: bytes) -> Tensor:
         rows = flat_pos // max(1, numel // max(1, nrows))
         values = decode_codes(codes, rows, scales)
         out_dtype = torch.float32
+    if t.pattern.kind == "nm" and int(np.count_nonzero(values)) != t.pattern.nnz:
+        raise StorageError(
+            f"nm pattern declares {t.pattern.nnz} non-zeros, its values hold "
+            f"{int(np.count_nonzero(values))}"
+        )
     if positions is None:
         flat = torch.from_numpy(values.copy())
     else:

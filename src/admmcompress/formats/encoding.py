@@ -11,7 +11,9 @@ those positions. ``plan_tensor`` picks, per tensor, the smallest of:
 - ``rice``: the same gaps in a Golomb-Rice code with parameter ``k`` (best in 0..16): the gap
   ``>> k`` in unary, then the low ``k`` bits. All unary parts come first, then all remainders,
   so that decoding is vectorised. It is within a few percent of the entropy of a random
-  pattern, about 14% below the best relative index at LeNet-5's 300x.
+  pattern, about 14% below the best relative index at LeNet-5's 300x;
+- ``nm``: for a weight with at most ``n`` non-zeros in every ``m`` consecutive inputs, one of
+  ``C(m, n)`` choices per group (``nm_pattern``): under 3 bits a group for 2:4.
 
 Values are raw (fp32, or fp16 when asked: lossy) or, for a quantized layer, ``b``-bit codes
 packed back to back plus one scale per tensor or output channel. The scale is fp32 when one
@@ -29,8 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import nm_pattern
+
 MAX_WIDTH = 16  # widest relative-index field and largest Rice parameter tried
-PATTERNS = ("dense", "bitmask", "relative", "rice")
+PATTERNS = ("dense", "bitmask", "relative", "rice", "nm")
 VALUE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
 
 
@@ -125,7 +129,18 @@ def pattern_sizes(positions: np.ndarray, numel: int) -> list[tuple[str, int | No
     return out
 
 
-def encode_pattern(positions: np.ndarray, numel: int, kind: str, param: int | None) -> bytes:
+def encode_pattern(
+    positions: np.ndarray,
+    numel: int,
+    kind: str,
+    param: int | None,
+    shape: tuple[int, ...] | None = None,
+    n: int | None = None,
+) -> bytes:
+    """The pattern section; ``nm`` needs the tensor's ``shape`` and ``n`` (``param`` is m)."""
+    if kind == "nm":
+        assert shape is not None and param is not None and n is not None
+        return nm_pattern.encode(positions, shape, n, param)
     if kind == "dense":
         return b""
     if kind == "bitmask":
@@ -159,11 +174,34 @@ def _positions_from_gaps(gaps: np.ndarray, numel: int, what: str) -> np.ndarray:
 
 
 def decode_pattern(
-    data: bytes, numel: int, nnz: int, kind: str, param: int | None, entries: int | None
+    data: bytes,
+    numel: int,
+    nnz: int,
+    kind: str,
+    param: int | None,
+    entries: int | None,
+    shape: tuple[int, ...] | None = None,
+    n: int | None = None,
 ) -> np.ndarray | None:
-    """Positions of the non-zeros (``None`` for dense); checks every count it relies on."""
+    """Positions of the stored values (``None`` for dense); checks every count it relies on.
+
+    ``nm`` needs the tensor's ``shape`` and its ``n`` (``param`` is ``m``); it stores
+    ``entries`` values, of which ``nnz`` are non-zero.
+    """
     if not 0 <= nnz <= numel:
         raise StorageError(f"{nnz} non-zeros declared in a tensor of {numel} positions")
+    if kind == "nm":
+        if shape is None or param is None or n is None:
+            raise StorageError("an nm pattern needs the tensor's shape, m and n")
+        try:
+            positions = nm_pattern.decode(data, shape, n, param)
+        except nm_pattern.NMPatternError as e:
+            raise StorageError(str(e)) from None
+        if entries != positions.size or nnz > positions.size:
+            raise StorageError(
+                f"nm pattern stores {positions.size} values, header says {entries} ({nnz} non-zero)"
+            )
+        return positions
     if kind == "dense":
         if data or nnz != numel:
             raise StorageError("a dense tensor has no pattern and stores every position")
@@ -335,7 +373,7 @@ class TensorPlan:
     positions: np.ndarray | None  # None: dense
     pattern: str
     pattern_param: int | None
-    pattern_entries: int | None  # relative index: number of fields
+    pattern_entries: int | None  # relative index: number of fields; nm: values stored
     pattern_bytes: int
     value_encoding: str  # float32 | float16 | codes
     raw_values: np.ndarray | None
@@ -343,6 +381,8 @@ class TensorPlan:
     quantized: QuantizedValues | None
     value_bytes: int
     scale_bytes: int
+    pattern_n: int | None = None  # nm: the n of n:m (pattern_param is m)
+    stored_zeros: int = 0  # nm: zeros stored to fill groups with fewer than n non-zeros
 
     @property
     def numel(self) -> int:
@@ -350,7 +390,8 @@ class TensorPlan:
 
     @property
     def nnz(self) -> int:
-        return self.numel if self.positions is None else int(self.positions.size)
+        stored = self.numel if self.positions is None else int(self.positions.size)
+        return stored - self.stored_zeros
 
     @property
     def bytes(self) -> int:
@@ -360,6 +401,7 @@ class TensorPlan:
         return {
             "encoding": self.pattern,
             "pattern_param": self.pattern_param,
+            **({"pattern_n": self.pattern_n} if self.pattern_n is not None else {}),
             "values": self.value_encoding if self.quant is None else f"{self.quant.bits}-bit codes",
             "scale_dtype": None if self.quantized is None else str(self.quantized.scales.dtype),
             "index_bytes": self.pattern_bytes,
@@ -394,8 +436,8 @@ def plan_tensor(
     nrows = shape[0] if quant is not None and quant.per_channel and shape else 1
     row_len = max(1, numel // max(1, nrows))
     quantized_sparse = quantized_dense = None
+    hint = np.zeros(nrows) if scale_hint is None else np.asarray(scale_hint, np.float64)
     if quant is not None:
-        hint = np.zeros(nrows) if scale_hint is None else np.asarray(scale_hint, np.float64)
         quantized_sparse = quantize_values(
             flat[positions], positions // row_len, nrows, quant, hint
         )
@@ -406,26 +448,47 @@ def plan_tensor(
             return _nbytes(count * quant.bits), q.scales.size * q.scales.itemsize
         return count * VALUE_DTYPES[values].itemsize, 0
 
+    # (kind, parameter, n of n:m, pattern bytes, stored positions, their quantized values)
+    options: list[tuple[str, int | None, int | None, int, np.ndarray, Any]] = [
+        (
+            kind,
+            param,
+            None,
+            pbytes,
+            positions,
+            quantized_dense if kind == "dense" else quantized_sparse,
+        )
+        for kind, param, pbytes in pattern_sizes(positions, numel)
+    ]
+    for m, n, stored in nm_pattern.candidates(positions, shape):
+        pbytes = _nbytes(nm_pattern.pattern_bits(stored.size // n, n, m))
+        q = None
+        if quant is not None:
+            q = quantize_values(flat[stored], stored // row_len, nrows, quant, hint)
+        options.append(("nm", m, n, pbytes, stored, q))
+
     best: tuple[int, TensorPlan] | None = None
-    for kind, param, pbytes in pattern_sizes(positions, numel):
+    for kind, param, n, pbytes, stored, q in options:
         dense = kind == "dense"
-        q = quantized_dense if dense else quantized_sparse
         if quant is not None and dense and q is None and quantized_sparse is not None:
             continue  # e.g. binary with zeros: only a pattern can say where the zeros are
-        vbytes, sbytes = value_cost(numel if dense else positions.size, q)
+        vbytes, sbytes = value_cost(numel if dense else stored.size, q)
         total = pbytes + vbytes + sbytes
-        if best is None or total < best[0]:
-            chosen = flat if dense else flat[positions]
+        if best is None or total < best[0]:  # ties keep the earlier, simpler encoding
+            chosen = flat if dense else flat[stored]
+            entries = None
+            if kind == "relative" and param is not None:
+                entries = relative_entries(positions, param)
+            elif kind == "nm":
+                entries = int(stored.size)
             best = (
                 total,
                 TensorPlan(
                     shape=shape,
-                    positions=None if dense else positions,
+                    positions=None if dense else stored,
                     pattern=kind,
                     pattern_param=param,
-                    pattern_entries=relative_entries(positions, param)
-                    if kind == "relative" and param is not None
-                    else None,
+                    pattern_entries=entries,
                     pattern_bytes=pbytes,
                     value_encoding="codes" if q is not None else values,
                     raw_values=None if q is not None else chosen,
@@ -433,6 +496,8 @@ def plan_tensor(
                     quantized=q,
                     value_bytes=vbytes,
                     scale_bytes=sbytes,
+                    pattern_n=n,
+                    stored_zeros=int(stored.size - positions.size) if kind == "nm" else 0,
                 ),
             )
     assert best is not None

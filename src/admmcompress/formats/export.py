@@ -101,9 +101,11 @@ def summary_table(summary: FileSummary) -> str:
     ]
     for r in summary.rows:
         shape = "x".join(str(s) for s in next(t.shape for t in h.tensors if t.name == r["name"]))
-        pattern = r["encoding"] + (
-            f"({r['pattern_param']})" if r.get("pattern_param") is not None else ""
-        )
+        pattern = r["encoding"]
+        if r.get("pattern_n") is not None:
+            pattern += f"({r['pattern_n']}:{r['pattern_param']})"
+        elif r.get("pattern_param") is not None:
+            pattern += f"({r['pattern_param']})"
         nnz = f"{r['nnz']:,}/{r['numel']:,}"
         lines.append(
             f"{r['name']:<22} {shape or 'scalar':<16} {nnz:>14} {pattern:<12} {r['values']:<14} "
