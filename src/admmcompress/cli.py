@@ -43,6 +43,7 @@ examples:
 
 def _parser() -> argparse.ArgumentParser:
     from .formats import writable_formats
+    from .formats.encoding import VALUE_DTYPES
 
     p = argparse.ArgumentParser(
         prog="admmcompress",
@@ -162,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=writable_formats(), default="admmz", dest="fmt")
     exp.add_argument(
         "--values",
-        choices=["float32", "float16"],
+        choices=list(VALUE_DTYPES),
         default="float32",
         help="storage of unquantized weights (float16 halves them but is not bit-exact)",
     )
