@@ -149,7 +149,7 @@ def test_run_rule_matching_no_layer_fails_before_data(
     code, _, err = run_cli(capsys, "run", path, "--out", tmp_path / "out", "--data-dir", empty_data)
     assert_user_error(code, err)
     assert "'conv9'" in err
-    assert "matches no layer" in err
+    assert "matches no parameter" in err
     assert "conv1, conv2, fc1, fc2" in err
     # it is the rule that failed, not the (also missing) data
     assert "MNIST" not in err
@@ -173,7 +173,7 @@ def test_run_rule_error_from_override(
         "rules.conv9.keep=0.5",
     )
     assert_user_error(code, err)
-    assert "'conv9'" in err and "matches no layer" in err
+    assert "'conv9'" in err and "matches no parameter" in err
 
 
 # --------------------------------------------------------------------------- run: data and folders

@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
         "train",
     },
     "inference": set(),
+    "integrations": {"core", "constraints", "registry"},
 }
 #: the library a user's own loop imports: nothing of the CLI, the schema, data or models
 CORE = ("constraints", "core")

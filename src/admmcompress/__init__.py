@@ -23,9 +23,16 @@ from .constraints import (
 )
 from .core.admm import ADMM, Residual
 from .core.masking import MaskEnforcer
-from .core.selection import SelectionError, compressible_layers, select_layers
-from .formats import load, load_weights
+from .core.selection import (
+    SelectionError,
+    compressible_layers,
+    compressible_parameters,
+    compressible_targets,
+    select_layers,
+)
+from .formats import load, load_weights, save
 from .models import available_models, create_model, register_model
+from .train.batchnorm import recalibrate_batchnorm
 
 __all__ = [
     "ADMM",
@@ -46,11 +53,15 @@ __all__ = [
     "available_constraints",
     "available_models",
     "compressible_layers",
+    "compressible_parameters",
+    "compressible_targets",
     "create_model",
     "load",
     "load_weights",
     "make_constraint",
+    "recalibrate_batchnorm",
     "register_constraint",
     "register_model",
+    "save",
     "select_layers",
 ]

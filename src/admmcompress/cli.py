@@ -41,6 +41,12 @@ examples:
 """
 
 
+ALLOW_IMPORT_HELP = (
+    "rebuild a model that the file names by an import path (package.module:factory); "
+    "this imports and runs that module, so only use it for files you trust"
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     from .formats import writable_formats
     from .formats.encoding import VALUE_DTYPES
@@ -104,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-dir", type=Path, help="folder holding the datasets")
     ev.add_argument("--dataset", help="dataset to evaluate on (default: the one it was trained on)")
     ev.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    ev.add_argument("--allow-import", action="store_true", help=ALLOW_IMPORT_HELP)
 
     sen = sub.add_parser(
         "sensitivity",
@@ -161,6 +168,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output file (default: model[_compact].admmz|.onnx beside it)"
     )
     exp.add_argument("--format", choices=writable_formats(), default="admmz", dest="fmt")
+    exp.add_argument("--allow-import", action="store_true", help=ALLOW_IMPORT_HELP)
     exp.add_argument(
         "--values",
         choices=list(VALUE_DTYPES),
@@ -186,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ins.add_argument("file", type=Path, help=".admmz file")
     ins.add_argument("--json", action="store_true", help="print the sizes as JSON instead")
+    ins.add_argument("--allow-import", action="store_true", help=ALLOW_IMPORT_HELP)
 
     rep = sub.add_parser(
         "report",
@@ -247,8 +256,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_data_root(model_file: Path) -> str | None:
+    """The data root of the run a model file belongs to (its folder's config.yaml), if any."""
+    import yaml
+
+    config = model_file.parent / "config.yaml"
+    try:
+        raw = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return None
+    data = raw.get("data") if isinstance(raw, dict) else None
+    root = data.get("root") if isinstance(data, dict) else None
+    return root if isinstance(root, str) and root else None
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .core.selection import compressible_layers
+    from .core.selection import compressible_parameters
     from .core.verify import revived_weights
     from .data import dataset_entry, load_dataset, resolve_data_root
     from .formats import read_model_file
@@ -256,24 +279,25 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .train.loop import evaluate
 
     _setup_logging()
-    mf = read_model_file(args.model)
+    mf = read_model_file(args.model, allow_import=args.allow_import)
     model, masks = mf.model, mf.masks
-    modules = dict(model.named_modules())
+    params = compressible_parameters(model)
     problems = [
         f"{name}: {why}"
         for name, mask in masks.items()
-        if (why := revived_weights(modules[name].weight.detach(), mask)) is not None
+        if (why := revived_weights(params[name].detach(), mask)) is not None
     ]
     if problems:
         raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
     # an .admmz has no masks: its zeros are the pattern itself, every weight is counted
-    pruned = set(masks) if mf.format != "admmz" else set(compressible_layers(model))
+    pruned = set(masks) if mf.format != "admmz" else set(params)
     dataset = args.dataset or mf.metadata.get("dataset", "").strip('"') or "mnist"
     entry = dataset_entry(dataset)
     options = {k: mf.meta(k) for k in entry.option_names() if k in mf.metadata}
     if "image_size" in entry.option_names() and mf.input_shape:  # crop as the run evaluated
         options["image_size"] = mf.input_shape[-1]
-    data = load_dataset(dataset, resolve_data_root(args.data_dir), **options)
+    root = resolve_data_root(args.data_dir, _run_data_root(mf.path))
+    data = load_dataset(dataset, root, **options)
     loss, acc = evaluate(model, data.test, args.batch_size)
     rows = layer_table(model, {})
     for r in rows:
@@ -332,6 +356,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         values=args.values,
         compact=args.compact,
         input_shape=args.input_shape,
+        allow_import=args.allow_import,
     )
     if result.compact is not None:
         c = result.compact
@@ -356,7 +381,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from .formats import ModelFileError, read_model_file
     from .formats.export import summary_table
 
-    mf = read_model_file(args.file)  # an .admmz is decoded whole: every check runs
+    mf = read_model_file(args.file, allow_import=args.allow_import)  # decoded whole
     if mf.format != "admmz":
         raise ModelFileError(
             f"{mf.path} is a {mf.format} model file; inspect reads .admmz files. Write one "

@@ -440,7 +440,7 @@ def test_rule_matching_no_layer() -> None:
         constraints_for({"conv9": {"prune": "irregular", "keep": 0.5}})
     msg = str(info.value)
     assert "'conv9'" in msg
-    assert "matches no layer" in msg
+    assert "matches no parameter" in msg
     assert LENET5_LAYERS in msg
 
 

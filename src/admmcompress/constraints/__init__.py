@@ -2,7 +2,8 @@
 
 One module per family of sets: ``pruning`` (irregular, filter, channel, column), ``nm``
 (n of every m consecutive weights), ``quantization`` (binary, ternary, b-bit uniform, and
-pruned + quantized), ``support`` (a set restricted to an earlier step's mask).
+pruned + quantized), ``support`` (a set restricted to an earlier step's mask), ``layout``
+(a set on the transpose of a weight stored ``[in, out]``).
 """
 
 from .base import (
@@ -13,6 +14,7 @@ from .base import (
     make_constraint,
     register_constraint,
 )
+from .layout import Transposed
 from .pruning import (
     Channel,
     Column,
@@ -66,6 +68,7 @@ __all__ = [
     "Quantizer",
     "StructuredRule",
     "Ternary",
+    "Transposed",
     "Uniform",
     "available_constraints",
     "check_bits",

@@ -763,7 +763,8 @@ def combine(prune: Constraint | None, quant: Constraint | None) -> Constraint:
 
 def quantizer_of(constraint: Constraint | None) -> Any | None:
     """The quantization set inside a constraint: itself, the ``quant`` of a pruned+quantized
-    set, or None for a pure pruning set. Sees through wrappers (``FixedSupport``) by ``inner``."""
+    set, or None for a pure pruning set. Sees through wrappers (``FixedSupport``,
+    ``Transposed``) by ``inner``."""
     inner = getattr(constraint, "inner", None)
     if isinstance(inner, Constraint):
         return quantizer_of(inner)
@@ -776,8 +777,9 @@ def quantizer_of(constraint: Constraint | None) -> Any | None:
 
 def prunes(constraint: Constraint | None) -> bool:
     """Whether the constraint removes weights (counts towards the pruning rate)."""
-    if isinstance(getattr(constraint, "inner", None), Constraint):
-        return True  # a wrapper that holds an earlier step's mask
+    inner = getattr(constraint, "inner", None)
+    if isinstance(inner, Constraint):  # a wrapper: an earlier step's mask, or a layout
+        return True if getattr(constraint, "holds_support", True) else prunes(inner)
     return constraint is not None and (
         isinstance(constraint, PrunedQuantized) or quantizer_of(constraint) is None
     )

@@ -29,6 +29,7 @@ class FixedSupport(Constraint):
 
     kind: ClassVar[str] = "fixed_support"
     family: ClassVar[str] = "prune"
+    holds_support: ClassVar[bool] = True
 
     inner: Constraint
     support: Tensor

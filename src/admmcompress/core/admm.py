@@ -13,6 +13,7 @@ The core imports nothing from the CLI, the data or the model zoo.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from ..constraints import (
     coupled_group_masks,
     structured_rule,
 )
-from .selection import select_layers
+from .selection import bind, select_targets
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,19 @@ def check_layer_fits(name: str, weight: Tensor, constraint: Constraint) -> None:
         constraint.check_fits(weight)
     except ConstraintError as e:
         raise ConstraintError(f"layer {name!r}: {e}", e.param) from None
+
+
+#: where ``rho="auto"`` starts and how it balances (Boyd et al. 2011, sec. 3.4.1)
+AUTO_RHO = 1e-3
+AUTO_RHO_MAX = 10.0
+BALANCE_MU = 10.0
+BALANCE_TAU = 2.0
+#: relative primal residual ||W - Z|| / ||W|| above which hardening is expected to hurt
+FAR_FROM_SET = 0.1
+
+
+class ADMMConvergenceWarning(UserWarning):
+    """ADMM ended with weights far from their sets: hardening will cost accuracy."""
 
 
 # Devices where add_penalty_grad_ updates all layers in one multi-tensor call (launch-bound).
@@ -79,12 +93,20 @@ class ADMM:
     """Augmented-Lagrangian splitting of ``min f(W) s.t. W_i in S_i`` for chosen layers.
 
     Args:
-        model: the network whose layers are constrained (their ``.weight``).
-        rules: selector -> constraint; a selector is an exact layer name, a glob such as
-            ``"fc*"``, or ``"type:Conv2d"``. Each rule must match a layer, no layer twice.
-        rho: initial penalty (the authors use 1e-3 to 1e-2).
+        model: the network whose parameters are constrained: a layer's ``weight`` (named
+            by the layer) or any other parameter of two or more dimensions (by its name).
+        rules: selector -> constraint; a selector is an exact name, a glob such as
+            ``"fc*"`` or ``"*.in_proj_weight"``, a module's name (its own parameters), or
+            ``"type:Conv2d"``. Each rule must match a parameter, no parameter twice.
         rho_growth: factor applied to rho after each ``update()``; growing rho is what
             drives W onto the set.
+        rho: initial penalty (the authors use 1e-3 to 1e-2), or ``"auto"``: start at
+            ``AUTO_RHO`` and balance each layer's residuals at every update (Boyd et al.
+            2011, sec. 3.4.1: rho times ``BALANCE_TAU`` while the primal residual is more than
+            ``BALANCE_MU`` times the dual one, divided by it in the opposite case), on top of
+            ``rho_growth``, up to ``rho_max`` (default ``AUTO_RHO_MAX``). For the non-convex
+            sets here it is a heuristic; the growth schedule stays as the fallback that
+            drives every layer onto its set in the end.
         rho_max: cap on rho, if any.
         rescale_dual: keep the scaled dual consistent when rho changes (U <- U * old/new,
             Boyd et al. 2011, sec. 3.4.1). The authors' code skips this; it matters little
@@ -101,14 +123,18 @@ class ADMM:
         model: nn.Module,
         rules: Mapping[str, Constraint],
         *,
-        rho: float = 1e-3,
+        rho: float | str = 1e-3,
         rho_growth: float = 1.3,
         rho_max: float | None = None,
         rescale_dual: bool = True,
         couple: Sequence[Sequence[str]] = (),
     ) -> None:
-        if not rho > 0 or not math.isfinite(rho):
-            raise ValueError(f"rho must be a positive number, got {rho}")
+        self.balance = rho == "auto"
+        if self.balance:
+            rho = AUTO_RHO
+            rho_max = AUTO_RHO_MAX if rho_max is None else rho_max
+        if isinstance(rho, str) or not rho > 0 or not math.isfinite(rho):
+            raise ValueError(f"rho must be a positive number or 'auto', got {rho!r}")
         if not rho_growth >= 1.0:
             raise ValueError(f"rho_growth must be >= 1, got {rho_growth}")
         if rho_max is not None and not rho_max >= rho:
@@ -120,19 +146,32 @@ class ADMM:
         self.rescale_dual = rescale_dual
         self.iteration = 0
         self.history: list[dict[str, Residual]] = []
-        modules = dict(model.named_modules())
-        selected = select_layers(model, rules)
-        for name, constraint in selected.items():
-            check_layer_fits(name, modules[name].weight, constraint)
+        self.masks: dict[str, Tensor] = {}  # set by harden(): what retraining must keep
+        # The shape of one input (without the batch), seen at the model's first forward, so
+        # that a file saved from this ADMM can be compacted or exported without asking.
+        self.input_shape: tuple[int, ...] | None = None
+        self._shape_hook = model.register_forward_pre_hook(self._see_input, with_kwargs=True)
+        selected = {
+            name: (target, bind(target, constraint))
+            for name, (target, constraint) in select_targets(model, rules).items()
+        }
+        for name, (target, constraint) in selected.items():
+            check_layer_fits(name, target.param, constraint)
         self.layers: dict[str, _Layer] = {
-            name: _Layer(modules[name].weight, constraint, rho)
-            for name, constraint in selected.items()
+            name: _Layer(target.param, constraint, rho)
+            for name, (target, constraint) in selected.items()
         }
         self.coupled = [tuple(names) for names in couple if len(names) > 1]
         self._check_coupling()
         for n, (z, _) in self._coupled(lambda n: self.layers[n].weight.detach()).items():
             self.layers[n].z = z
             self.layers[n].target = z.clone()
+
+    def _see_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, Tensor)), None)
+        if first is not None and first.dim() >= 1:
+            self.input_shape = tuple(int(d) for d in first.shape[1:])
+            self._shape_hook.remove()
 
     def _check_coupling(self) -> None:
         seen: set[str] = set()
@@ -248,6 +287,11 @@ class ADMM:
             out[name] = _residual(w, layer.z, dual, layer.rho)
             layer.last_dual = dual
             new_rho = layer.rho * self.rho_growth
+            if self.balance:
+                if out[name].primal > BALANCE_MU * dual:
+                    new_rho *= BALANCE_TAU
+                elif dual > BALANCE_MU * out[name].primal:
+                    new_rho /= BALANCE_TAU
             if self.rho_max is not None:
                 new_rho = min(new_rho, self.rho_max)
             if self.rescale_dual and new_rho != layer.rho:
@@ -267,14 +311,41 @@ class ADMM:
             out[name] = _residual(w, layer.z, layer.last_dual, layer.rho)
         return out
 
+    def far_from_sets(self, threshold: float = FAR_FROM_SET) -> dict[str, float]:
+        """Layers whose relative primal residual ||W - Z|| / ||W|| is above ``threshold``
+        now: their weights have not reached their sets, and hardening will cost accuracy."""
+        return {
+            n: r.relative_primal
+            for n, r in self.residuals().items()
+            if r.relative_primal > threshold
+        }
+
+    def convergence_advice(self, threshold: float = FAR_FROM_SET) -> str | None:
+        """What to change when ADMM ends far from the sets (None when it does not)."""
+        far = self.far_from_sets(threshold)
+        if not far:
+            return None
+        worst = ", ".join(f"{n} {v:.2f}" for n, v in sorted(far.items(), key=lambda x: -x[1]))
+        rho = "auto" if self.balance else f"{min(lay.rho for lay in self.layers.values()):.3g}"
+        return (
+            f"ADMM ended with ||W-Z||/||W|| above {threshold:g} ({worst}): these weights did "
+            f"not reach their sets and hardening will cost accuracy. Raise rho (its value now: "
+            f"{rho}) or rho_growth ({self.rho_growth:g}), train more ADMM epochs, or use "
+            "rho='auto'"
+        )
+
     # -- hardening ----------------------------------------------------------------------------
     @torch.no_grad()
     def harden(self) -> dict[str, Tensor]:
         """Project every constrained weight onto its set in place; return the boolean masks.
 
         A mask marks the weights the set allows to be non-zero (all of them for a layer that
-        is only quantized); retraining keeps the others at zero.
+        is only quantized); retraining keeps the others at zero. Warns
+        (``ADMMConvergenceWarning``) when the weights were far from their sets.
         """
+        advice = self.convergence_advice() if self.iteration else None
+        if advice is not None:
+            warnings.warn(advice, ADMMConvergenceWarning, stacklevel=2)
         masks = {}
         joint = self._coupled(lambda n: self.layers[n].weight.detach())
         for name, layer in self.layers.items():
@@ -286,6 +357,7 @@ class ADMM:
                 mask = layer.constraint.mask(w)
                 layer.weight.copy_(layer.constraint.project(w))
             masks[name] = mask
+        self.masks = masks
         return masks
 
     # -- persistence ---------------------------------------------------------------------------
@@ -299,6 +371,7 @@ class ADMM:
                     "u": layer.u.clone(),  # update() changes u in place
                     "rho": layer.rho,
                     "last_dual": layer.last_dual,
+                    "constraint": layer.constraint.describe(),
                 }
                 for name, layer in self.layers.items()
             },
@@ -309,7 +382,16 @@ class ADMM:
         }
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Restore a saved state; it must be for the same parameters under the same sets
+        (a state saved under other rules would pull the weights towards the wrong set)."""
         names = set(state["layers"])
+        for name, layer in self.layers.items():
+            saved = state["layers"].get(name, {}).get("constraint")
+            if saved is not None and saved != layer.constraint.describe():
+                raise ValueError(
+                    f"ADMM state for {name!r} was saved under {saved!r}, this ADMM has "
+                    f"{layer.constraint.describe()!r}: it belongs to other rules"
+                )
         if names != set(self.layers):
             raise ValueError(
                 f"ADMM state is for layers {sorted(names)}, this model has {sorted(self.layers)}"

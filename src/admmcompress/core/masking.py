@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from .selection import compressible_parameters
+
 
 class WeightFreezer:
     """Zero the gradient of frozen weights and restore their values after every optimizer step.
@@ -72,14 +74,13 @@ class MaskEnforcer(WeightFreezer):
 
     @classmethod
     def for_layers(cls, model: nn.Module, masks: Mapping[str, Tensor]) -> MaskEnforcer:
-        """Masks keyed by layer name (as ``ADMM.harden`` returns them) apply to ``.weight``."""
-        modules = dict(model.named_modules())
-        params = {}
-        for name in masks:
-            if name not in modules:
-                raise KeyError(f"model has no layer named {name!r}")
-            params[name] = modules[name].weight
-        return cls(params, masks)
+        """Masks keyed as ``ADMM.harden`` returns them: a layer's name stands for its
+        ``weight``, any other parameter is named in full."""
+        params = compressible_parameters(model)
+        missing = [name for name in masks if name not in params]
+        if missing:
+            raise KeyError(f"model has no compressible parameter named {missing[0]!r}")
+        return cls({name: params[name] for name in masks}, masks)
 
     @property
     def masks(self) -> dict[str, Tensor]:

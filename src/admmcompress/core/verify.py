@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ..constraints import Constraint
+from .selection import compressible_parameters
 
 
 class ConstraintViolationError(RuntimeError):
@@ -24,10 +25,10 @@ def model_violations(
     model: nn.Module, constraints: Mapping[str, Constraint], masks: Mapping[str, Tensor]
 ) -> list[str]:
     """Every problem found, one line each; an empty list means the model is valid."""
-    modules = dict(model.named_modules())
+    params = compressible_parameters(model)
     problems = []
     for name, constraint in constraints.items():
-        w = modules[name].weight.detach()
+        w = params[name].detach()
         if not torch.isfinite(w).all():
             problems.append(f"{name}: weight holds NaN or infinite values")
             continue
@@ -42,7 +43,7 @@ def model_violations(
         elif (why := revived_weights(w, mask)) is not None:
             problems.append(f"{name}: {why}")
     for name, mask in masks.items():  # masked layers under no rule (an init model's pruning)
-        if name not in constraints and (why := revived_weights(modules[name].weight, mask)):
+        if name not in constraints and (why := revived_weights(params[name], mask)):
             problems.append(f"{name}: {why}")
     return problems
 

@@ -24,6 +24,7 @@ import os
 import struct
 import zlib
 from collections.abc import Mapping
+from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,12 +35,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor, nn
 
 from ..constraints import fit_binary, fit_ternary, fit_uniform
-from ..core.selection import compressible_layers
-from ..models import architecture_args, create_model
+from ..core.selection import compressible_targets
+from ..models import ModelSourceError, architecture_args, create_model
+from ..models.weights import load_state_exact
 from ..structure.compact import resize_modules
 from .atomic import atomic_write
 from .encoding import (
     MAX_WIDTH,
+    VALUE_DTYPES,
     QuantSpec,
     StorageError,
     TensorPlan,
@@ -47,11 +50,12 @@ from .encoding import (
     decode_pattern,
     encode_pattern,
     encode_values,
+    from_value_bytes,
     plan_tensor,
     signed_codes,
     unpack_uint,
 )
-from .model_file import ModelFile, ModelFileError
+from .model_file import ModelFile, ModelFileError, ReadOptions
 from .registry import FileFormat, register_format
 
 MAGIC = b"ADMMZ\x00\r\n"
@@ -63,11 +67,14 @@ MAX_HEADER_BYTES = 16 << 20  # decompressed: far above any real model's header
 HEADER_INFLATION = 64  # and at most this many times its compressed size (real ones: ~8x)
 MAX_TENSORS = 100_000
 DEFAULT_MAX_PARAMS = 1 << 30  # 4 GiB of fp32; raise it for bigger models
+#: model.safetensors metadata an .admmz header holds in fields of its own
+DERIVED_METADATA = frozenset({"format", "model", "model_args", "input_shape", "quantization"})
 
 RAW_DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
     "float32": (torch.float32, np.dtype("<f4")),
     "float64": (torch.float64, np.dtype("<f8")),
     "float16": (torch.float16, np.dtype("<f2")),
+    "bfloat16": (torch.bfloat16, np.dtype("<i2")),  # its 16 bits
     "int64": (torch.int64, np.dtype("<i8")),
     "int32": (torch.int32, np.dtype("<i4")),
     "uint8": (torch.uint8, np.dtype("u1")),
@@ -100,7 +107,7 @@ class PatternHeader(_Strict):
 
 class ValuesHeader(_Strict):
     kind: Literal["raw", "codes"]
-    dtype: Literal["float32", "float64", "float16", "int64", "int32", "uint8", "bool"]
+    dtype: Literal["float32", "float64", "float16", "bfloat16", "int64", "int32", "uint8", "bool"]
     bits: int | None = Field(None, ge=1, le=16)
     per_channel: bool = False
     scale_dtype: Literal["float32", "float64"] | None = None
@@ -112,9 +119,10 @@ class TensorHeader(_Strict):
     name: str
     shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=8)
     weight: bool  # a conv/linear weight (counted in the storage figures)
-    stored_as: Literal["float32", "float16", "codes", "raw"]
+    stored_as: Literal["float32", "float16", "bfloat16", "codes", "raw"]
     pattern: PatternHeader
     values: ValuesHeader
+    dtype: Literal["float16", "bfloat16", "float64"] | None = None  # a weight's own, if not fp32
 
 
 class FileHeader(_Strict):
@@ -215,7 +223,7 @@ def plan_model(
 ) -> dict[str, TensorPlan | Tensor]:
     """Per state-dict entry: a ``TensorPlan`` for conv/linear weights, the tensor otherwise."""
     quant = dict(quant or {})
-    weights = {f"{name}.weight": name for name in compressible_layers(model)}
+    weights = {t.param_name: name for name, t in compressible_targets(model).items()}
     unknown = sorted(set(quant) - set(weights.values()))
     if unknown:
         raise ValueError(f"quantization given for unknown layers: {', '.join(unknown)}")
@@ -234,6 +242,11 @@ def plan_model(
 
 def _count(model: nn.Module) -> int:
     return sum(t.numel() for t in model.state_dict().values())
+
+
+def _own_dtype(t: Tensor) -> dict[str, str]:
+    """A weight's dtype for its header entry, when it is not float32 (the usual case)."""
+    return {} if t.dtype == torch.float32 else {"dtype": _raw_name(t)}
 
 
 def _raw_name(t: Tensor) -> str:
@@ -264,6 +277,7 @@ def save_admmz(
     ``original_weights`` the weight count it had before, so rates compare with the original.
     """
     plans = plan_model(model, quant, values)
+    weights = model.state_dict()
     payload = bytearray()
     tensors: list[dict[str, Any]] = []
 
@@ -288,6 +302,11 @@ def save_admmz(
                 "name": key,
                 "shape": list(plan.shape),
                 "weight": True,
+                **(
+                    {"dtype": _raw_name(weights[key])}
+                    if weights[key].dtype != torch.float32
+                    else {}
+                ),
                 "stored_as": plan.value_encoding,
                 "pattern": {
                     "kind": plan.pattern,
@@ -311,7 +330,10 @@ def save_admmz(
             }
         else:
             dtype = _raw_name(plan)
-            data = plan.contiguous().numpy().astype(RAW_DTYPES[dtype][1], copy=False).tobytes()
+            raw = plan.contiguous()
+            if raw.dtype == torch.bfloat16:  # numpy has no bfloat16: store its bits
+                raw = raw.view(torch.int16)
+            data = raw.numpy().astype(RAW_DTYPES[dtype][1], copy=False).tobytes()
             entry = {
                 "name": key,
                 "shape": list(plan.shape),
@@ -339,11 +361,15 @@ def save_admmz(
             "payload_bytes": len(payload),
         }
     )
-    _check_architecture(Path(path), header, max(DEFAULT_MAX_PARAMS, _count(model)))
+    # the writer checks the file can be rebuilt; it has imported the model's code already
+    limit = max(DEFAULT_MAX_PARAMS, _count(model))
+    _check_architecture(Path(path), header, limit, ReadOptions(allow_import=True))
     dumped = header.model_dump()
-    for t in dumped["tensors"]:  # only nm patterns carry n: other files keep their bytes
+    for t in dumped["tensors"]:  # fields most tensors leave unset stay out of the bytes
         if t["pattern"]["n"] is None:
             del t["pattern"]["n"]
+        if t["dtype"] is None:
+            del t["dtype"]
     raw_header = json.dumps(dumped, separators=(",", ":")).encode()
     packed = zlib.compress(raw_header, 9)
     body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
@@ -418,20 +444,33 @@ def read_header(path: str | os.PathLike) -> tuple[FileHeader, bytes, int]:
     return header, payload, len(blob)
 
 
-def _build(header: FileHeader, device: str | torch.device) -> nn.Module:
-    model = create_model(header.model, **header.model_args)
+def _build(
+    header: FileHeader, device: str | torch.device, opts: ReadOptions, copy: bool = False
+) -> nn.Module:
+    """The architecture the header names (or the caller's ``opts.model``), resized."""
+    if opts.model is not None:
+        model = deepcopy(opts.model) if copy else opts.model
+    else:
+        model = create_model(header.model, allow_import=opts.allow_import, **header.model_args)
     if header.resized:
         resize_modules(model, header.resized)
     return model.to(device)
 
 
-def _check_architecture(path: Path, header: FileHeader, max_params: int) -> None:
+def _check_architecture(
+    path: Path, header: FileHeader, max_params: int, opts: ReadOptions | None = None
+) -> None:
     """Build the model on the meta device (no memory) and match every declared tensor."""
+    opts = opts or ReadOptions()
     if "weights" in header.model_args:
         raise _fail(path, "its model arguments name a weights file, which is not allowed")
     try:
         with torch.device("meta"):
-            model = _build(header, "meta")
+            model = _build(header, "meta", opts, copy=True)
+    except ModelSourceError as e:  # an unknown name, or an import path not allowed
+        raise _fail(
+            path, f"cannot build model {_short(header.model)!r}: {_short(e, 600)}"
+        ) from None
     except Exception as e:  # any constructor error: the arguments do not fit the model
         raise _fail(
             path,
@@ -483,14 +522,22 @@ def _decode_tensor(t: TensorHeader, payload: bytes) -> Tensor:
     count = numel if positions is None else positions.size
     v = t.values
     data = _section(payload, v.section, "values")
+    weight_dtype = RAW_DTYPES[t.dtype or "float32"][0]
     if v.kind == "raw":
         torch_dtype, np_dtype = RAW_DTYPES[v.dtype]
         if len(data) != count * np_dtype.itemsize:
             raise StorageError(f"{count} {v.dtype} values need {count * np_dtype.itemsize} bytes")
-        values = np.frombuffer(data, np_dtype)
-        out_dtype = torch.float32 if t.weight else torch_dtype
-        if t.weight and v.dtype not in ("float32", "float16"):
-            raise StorageError("weights are stored as float32 or float16")
+        if t.weight:
+            if v.dtype not in VALUE_DTYPES:
+                raise StorageError(f"weights are stored as {', '.join(VALUE_DTYPES)}")
+            values = from_value_bytes(data, v.dtype)
+            out_dtype = weight_dtype
+        elif v.dtype == "bfloat16":
+            bits = torch.from_numpy(np.frombuffer(data, np_dtype).copy())
+            return bits.view(torch.bfloat16).reshape(t.shape)
+        else:
+            values = np.frombuffer(data, np_dtype)
+            out_dtype = torch_dtype
     else:
         if v.bits is None or v.scales is None or v.scale_dtype is None:
             raise StorageError("quantized values need bits, scales and a scale dtype")
@@ -505,7 +552,7 @@ def _decode_tensor(t: TensorHeader, payload: bytes) -> Tensor:
         flat_pos = np.arange(numel) if positions is None else positions
         rows = flat_pos // max(1, numel // max(1, nrows))
         values = decode_codes(codes, rows, scales)
-        out_dtype = torch.float32
+        out_dtype = weight_dtype
     if t.pattern.kind == "nm" and int(np.count_nonzero(values)) != t.pattern.nnz:
         raise StorageError(
             f"nm pattern declares {t.pattern.nnz} non-zeros, its values hold "
@@ -530,27 +577,35 @@ def read_admmz(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
     max_params: int = DEFAULT_MAX_PARAMS,
+    opts: ReadOptions | None = None,
 ) -> LoadedFile:
     """Validate and decode an ``.admmz`` file into its model (in eval mode) and sizes."""
     path = Path(path)
+    opts = opts or ReadOptions()
     header, payload, size = read_header(path)
-    _check_architecture(path, header, max_params)
+    _check_architecture(path, header, max_params, opts)
     state: dict[str, Tensor] = {}
     for t in header.tensors:
         try:
             state[t.name] = _decode_tensor(t, payload)
         except StorageError as e:
             raise _fail(path, f"tensor {t.name}: {e}") from None
-    model = _build(header, "cpu")
-    model.load_state_dict(state, strict=True)
+    model = _build(header, "cpu", opts)
+    load_state_exact(model, state)
     model.to(device).eval()
     return LoadedFile(model, header, FileSummary(header, size, size - len(payload)))
 
 
+def _target_names(model: nn.Module) -> dict[str, str]:
+    """State-dict key -> the name a compressible parameter goes by (``fc1.weight`` -> fc1)."""
+    return {t.param_name: name for name, t in compressible_targets(model).items()}
+
+
 def _model_file(path: Path, loaded: LoadedFile) -> ModelFile:
     h = loaded.header
+    names = _target_names(loaded.model)
     quant = {
-        t.name.removesuffix(".weight"): QuantSpec(t.values.bits, t.values.per_channel)
+        names.get(t.name, t.name): QuantSpec(t.values.bits, t.values.per_channel)
         for t in h.tensors
         if t.values.kind == "codes" and t.values.bits is not None
     }
@@ -570,16 +625,19 @@ def _model_file(path: Path, loaded: LoadedFile) -> ModelFile:
     )
 
 
-def _read_model(path: Path, device: str | torch.device, max_params: int | None) -> ModelFile:
-    return _model_file(path, read_admmz(path, device, max_params or DEFAULT_MAX_PARAMS))
+def _read_model(path: Path, opts: ReadOptions) -> ModelFile:
+    max_params = opts.max_params or DEFAULT_MAX_PARAMS
+    return _model_file(path, read_admmz(path, opts.device, max_params, opts))
 
 
-def _read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """The decoded weights, and as masks the patterns of the weights stored sparse."""
-    loaded = read_admmz(path)
+def _read_state(path: Path, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The decoded weights, and as masks the patterns of the weights stored sparse; decoded
+    into a copy of the caller's ``model``, so the file's model name is never built."""
+    loaded = read_admmz(path, opts=ReadOptions(model=deepcopy(model)))
     state = loaded.model.state_dict()
+    names = _target_names(loaded.model)
     masks = {
-        t.name.removesuffix(".weight"): state[t.name] != 0
+        names.get(t.name, t.name): state[t.name] != 0
         for t in loaded.header.tensors
         if t.weight and t.pattern.kind != "dense"
     }
@@ -597,8 +655,9 @@ def _write(mf: ModelFile, out: Path, *, values: str = "float32") -> FileSummary:
         resized=mf.resized,
         original_weights=mf.original_weights,
         input_shape=mf.input_shape,
-        # in a fixed order: safetensors hands its metadata back in a random one
-        metadata={k: mf.metadata[k] for k in ("dataset", "rules") if k in mf.metadata},
+        # what eval needs besides the header (the data set and how it was read), in a fixed
+        # order: safetensors hands its metadata back in a random one
+        metadata={k: mf.metadata[k] for k in sorted(mf.metadata) if k not in DERIVED_METADATA},
     )
 
 

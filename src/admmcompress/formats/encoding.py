@@ -35,7 +35,26 @@ from . import nm_pattern
 
 MAX_WIDTH = 16  # widest relative-index field and largest Rice parameter tried
 PATTERNS = ("dense", "bitmask", "relative", "rice", "nm")
-VALUE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2")}
+#: how raw weight values are stored; bfloat16 travels as its 16 bits (numpy has no bfloat16)
+VALUE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2")}
+#: a half-precision weight keeps its own 16 bits when float32 storage is asked for
+NATIVE_VALUES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def to_value_bytes(values: np.ndarray, encoding: str) -> bytes:
+    """float32 values in a value encoding (rounded to nearest where it is narrower)."""
+    if encoding == "bfloat16":
+        bits = torch.from_numpy(np.ascontiguousarray(values, np.float32)).to(torch.bfloat16)
+        return bits.view(torch.int16).numpy().astype("<i2").tobytes()
+    return values.astype(VALUE_DTYPES[encoding]).tobytes()
+
+
+def from_value_bytes(data: bytes, encoding: str) -> np.ndarray:
+    """float32 values from a value encoding (exact)."""
+    if encoding == "bfloat16":
+        bits = torch.from_numpy(np.frombuffer(data, "<i2").copy())
+        return bits.view(torch.bfloat16).float().numpy()
+    return np.frombuffer(data, VALUE_DTYPES[encoding]).astype(np.float32)
 
 
 class StorageError(ValueError):
@@ -429,6 +448,8 @@ def plan_tensor(
     """
     if values not in VALUE_DTYPES:
         raise ValueError(f"values must be one of {sorted(VALUE_DTYPES)}, got {values!r}")
+    if values == "float32":  # exact either way; a half-precision weight needs half the bytes
+        values = NATIVE_VALUES.get(w.dtype, values)
     flat = _as_float32(w)
     shape = tuple(int(s) for s in w.shape)
     numel = flat.size
@@ -511,4 +532,4 @@ def encode_values(plan: TensorPlan) -> tuple[bytes, bytes]:
         scales = q.scales.astype(q.scales.dtype.newbyteorder("<"))
         return pack_uint(q.codes, plan.quant.bits), scales.tobytes()
     assert plan.raw_values is not None
-    return plan.raw_values.astype(VALUE_DTYPES[plan.value_encoding]).tobytes(), b""
+    return to_value_bytes(plan.raw_values, plan.value_encoding), b""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..core.selection import compressible_layers
+from ..core.selection import compressible_parameters
 from ..structure.compact import compact_model
 from .admmz import FileSummary
 from .model_file import ModelFile, ModelFileError
@@ -47,6 +47,7 @@ def export(
     values: str = "float32",
     compact: bool = False,
     input_shape: tuple[int, ...] | None = None,
+    allow_import: bool = False,
 ) -> ExportResult:
     """Write ``source``'s model as ``fmt``; see ``admmcompress export --help``."""
     if fmt not in writable_formats():
@@ -54,7 +55,7 @@ def export(
             f"unknown format {fmt!r}: choose one of {', '.join(writable_formats())}"
         )
     writer = file_format(fmt)
-    src = read_model_file(source)
+    src = read_model_file(source, allow_import=allow_import)
     default_name = ("model_compact" if compact else "model") + writer.suffix
     out_path = Path(out) if out is not None else src.path.parent / default_name
     if out_path.resolve() == src.path.resolve():
@@ -63,9 +64,7 @@ def export(
     if compact:
         model = src.model
         if src.original_weights is None:
-            src.original_weights = sum(
-                m.weight.numel() for m in compressible_layers(model).values()
-            )
+            src.original_weights = sum(p.numel() for p in compressible_parameters(model).values())
         shape = _input_shape(src, input_shape, "--compact")
         result = compact_model(model, torch.zeros(1, *shape))
         src.model = result.model

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from .encoding import QuantSpec
@@ -14,6 +15,22 @@ from .encoding import QuantSpec
 
 class ModelFileError(ValueError):
     """A model file that is missing, corrupt, or not one this tool can read."""
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a reader rebuilds the model a file holds.
+
+    ``model``: load into this module instead of rebuilding the architecture the file names
+    (resized in place first if the file holds a compact model); ``allow_import``: rebuild
+    a model named by an import path (which runs that module's code); ``max_params``: the
+    most values a file may declare.
+    """
+
+    device: str | torch.device = "cpu"
+    max_params: int | None = None
+    model: nn.Module | None = None
+    allow_import: bool = False
 
 
 @dataclass

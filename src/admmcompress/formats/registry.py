@@ -21,15 +21,15 @@ from torch import Tensor, nn
 
 from ..models.weights import load_state
 from ..registry import Registry
-from .model_file import ModelFile, ModelFileError
+from .model_file import ModelFile, ModelFileError, ReadOptions
 
 #: bytes read from the start of a file to tell its format
 SNIFF_BYTES = 64
 #: the model file inside a run folder
 RUN_MODEL_FILE = "model.safetensors"
 
-Reader = Callable[[Path, "str | torch.device", "int | None"], ModelFile]
-StateReader = Callable[[Path], "tuple[dict[str, Tensor], dict[str, Tensor]]"]
+Reader = Callable[[Path, ReadOptions], ModelFile]
+StateReader = Callable[[Path, nn.Module], "tuple[dict[str, Tensor], dict[str, Tensor]]"]
 Writer = Callable[..., Any]
 
 
@@ -108,12 +108,18 @@ def sniff(path: str | os.PathLike) -> FileFormat:
 
 
 def read_model_file(
-    path: str | os.PathLike, device: str | torch.device = "cpu", max_params: int | None = None
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    max_params: int | None = None,
+    *,
+    model: nn.Module | None = None,
+    allow_import: bool = False,
 ) -> ModelFile:
     """The model in a file that records its architecture (``.admmz``, our
     ``model.safetensors``), rebuilt and loaded bit for bit, in eval mode.
 
-    ``max_params`` raises the limit on how many values a file may declare (``.admmz``).
+    ``max_params`` raises the limit on how many values a file may declare (``.admmz``);
+    ``model`` and ``allow_import``: see ``ReadOptions``.
     """
     file = resolve(path)
     fmt = sniff(file)
@@ -123,7 +129,7 @@ def read_model_file(
             "belong to. Use it as 'init:' or 'weights=' of a model, or give a model file "
             "written by admmcompress"
         )
-    mf = fmt.read(file, device, max_params)
+    mf = fmt.read(file, ReadOptions(device, max_params, model, allow_import))
     mf.model.eval()
     return mf
 
@@ -135,6 +141,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, Tensor]
     fmt = sniff(file)
     if fmt.read_state is None:
         raise ModelFileError(f"{file} is a {fmt.description}; it cannot be read back")
-    state, masks = fmt.read_state(file)
+    state, masks = fmt.read_state(file, model)
     load_state(model, state, file)
     return masks

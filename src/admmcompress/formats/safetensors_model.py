@@ -19,10 +19,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from ..models import MASK_PREFIX, architecture_args, create_model
+from ..models import MASK_PREFIX, ModelSourceError, architecture_args, create_model
+from ..models.weights import load_state_exact
 from .atomic import atomic_write
 from .encoding import QuantSpec
-from .model_file import ModelFile, ModelFileError
+from .model_file import ModelFile, ModelFileError, ReadOptions
 from .registry import FileFormat, register_format
 
 MODEL_FORMAT = "admmcompress.model/1"
@@ -69,7 +70,7 @@ def _split_masks(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[st
     return state, masks
 
 
-def read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def read_state(path: Path, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The weights and masks of any safetensors file (a plain one has no masks)."""
     state, masks = _split_masks(_read(path)[0])
     return state, masks
@@ -86,10 +87,10 @@ def _legacy_quant(report: dict[str, Any] | None) -> dict[str, QuantSpec]:
     }
 
 
-def read_model(
-    path: Path, device: str | torch.device = "cpu", max_params: int | None = None
-) -> ModelFile:
+def read_model(path: Path, opts: ReadOptions | None = None) -> ModelFile:
     """Rebuild the model named in the file's metadata and load its weights exactly."""
+    opts = opts or ReadOptions()
+    device = opts.device
     tensors, metadata = _read(path, device)
     if metadata.get("format") != MODEL_FORMAT:
         raise ModelFileError(
@@ -100,12 +101,17 @@ def read_model(
         model_args = json.loads(metadata["model_args"])
         if "weights" in model_args:
             raise ValueError("its model arguments name a weights file, which is not allowed")
-        model = create_model(metadata["model"], **model_args)
+        if opts.model is not None:
+            model = opts.model
+        else:
+            model = create_model(metadata["model"], allow_import=opts.allow_import, **model_args)
+    except ModelSourceError as e:
+        raise ModelFileError(f"{path}: {e}") from None
     except (KeyError, ValueError, TypeError) as e:
         raise ModelFileError(f"{path}: cannot rebuild the model from its metadata: {e}") from None
     state, masks = _split_masks(tensors)
     try:
-        model.load_state_dict(state, strict=True)
+        load_state_exact(model, state)
     except RuntimeError as e:
         raise ModelFileError(
             f"{path}: weights do not fit model {metadata['model']!r}: {e}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..models.weights import read_state_dict
 from .registry import FileFormat, register_format
@@ -18,7 +18,7 @@ def _sniff(head: bytes) -> bool:
     return head.startswith(_ZIP) or head[:2] in _PICKLE
 
 
-def _read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def _read_state(path: Path, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     return read_state_dict(path), {}
 
 

@@ -13,9 +13,11 @@ from .registry import (
     architecture_args,
     available_models,
     create_model,
+    is_known_model,
     model_input_shape,
     register_model,
 )
+from .sources import ModelSourceError, recorded_args, runs_code
 from .weights import MASK_PREFIX, load_weights_file, read_state_dict
 
 __all__ = [
@@ -26,13 +28,17 @@ __all__ = [
     "BasicBlock",
     "LeNet5",
     "LeNet300",
+    "ModelSourceError",
     "ResNetCifar",
     "VGGCifar",
     "architecture_args",
     "available_models",
     "create_model",
+    "is_known_model",
     "load_weights_file",
     "model_input_shape",
     "read_state_dict",
+    "recorded_args",
     "register_model",
+    "runs_code",
 ]

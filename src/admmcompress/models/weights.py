@@ -117,3 +117,11 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], source: str | os.P
             f"weights in {source} do not fit model {type(model).__name__}: " + "; ".join(problems)
         )
     model.load_state_dict(state, strict=True)
+
+
+def load_state_exact(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """``load_state_dict`` that keeps each saved tensor's dtype (a bfloat16 model comes
+    back in bfloat16, not cast to the float32 a freshly built module has)."""
+    own = model.state_dict()
+    same = all(k in own and own[k].dtype == v.dtype for k, v in state.items())
+    model.load_state_dict(state, strict=True, assign=not same)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..constraints import topk_mask
+from ..core.selection import compressible_parameters
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,10 @@ def sensitivity_scan(
     stay zero, so the scan of a later step starts from that step's model. The model's
     weights are restored afterwards.
     """
-    modules = dict(model.named_modules())
+    params = compressible_parameters(model)
     curves: dict[str, list[ScanPoint]] = {}
     for name in layers:
-        weight = modules[name].weight
+        weight = params[name]
         original = weight.detach().clone()
         nonzero = int(torch.count_nonzero(original))
         scores = original.abs().flatten()

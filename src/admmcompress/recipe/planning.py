@@ -18,26 +18,34 @@ from torch import Tensor, nn
 
 from ..constraints import Constraint, FixedSupport
 from ..core.admm import check_layer_fits
-from ..core.selection import compressible_layers, select_layers
+from ..core.selection import (
+    bind,
+    compressible_parameters,
+    compressible_targets,
+    coverage,
+    select_layers,
+    select_targets,
+)
 from .allocation import ScanPoint, allocate, sensitivity_scan
 from .schema import ConfigError, RuleConfig, RunConfig, StepConfig
 
 
 def layer_constraints(model: nn.Module, cfg: RunConfig) -> dict[str, Constraint]:
-    """The first step's explicit rules as one constraint per layer (raises on bad rules)."""
+    """The first step's explicit rules as one constraint per parameter (raises on bad rules)."""
     rules = cfg.step_list()[0].rules
-    return select_layers(model, {sel: rule.constraint() for sel, rule in rules.items()})
+    selected = select_targets(model, {sel: rule.constraint() for sel, rule in rules.items()})
+    return {name: bind(target, c) for name, (target, c) in selected.items()}
 
 
 def step_constraints(
     model: nn.Module, rules: Mapping[str, RuleConfig], support: Mapping[str, Tensor]
 ) -> dict[str, Constraint]:
-    """One constraint per layer; layers pruned by an earlier step keep their mask."""
+    """One constraint per parameter; parameters pruned by an earlier step keep their mask."""
     out: dict[str, Constraint] = {}
-    for name in compressible_layers(model):  # model order
+    for name, target in compressible_targets(model).items():  # model order
         if name not in rules:
             continue
-        c = rules[name].constraint()
+        c = bind(target, rules[name].constraint())
         out[name] = FixedSupport(c, support[name].bool()) if name in support else c
     return out
 
@@ -54,11 +62,18 @@ class StepPlan:
 def check_step_selectors(model: nn.Module, step: StepConfig) -> None:
     """Fail before training when a step's rules or target name no layer, or a rule cannot
     apply to a layer it selects (raises)."""
-    modules = compressible_layers(model)
-    for name, rule in select_layers(model, step.rules).items():
-        check_layer_fits(name, modules[name].weight, rule.constraint())
+    for name, (target, rule) in select_targets(model, step.rules).items():
+        check_layer_fits(name, target.param, bind(target, rule.constraint()))
     if step.target is not None:
         select_layers(model, dict.fromkeys(step.target.layers, True))
+
+
+def step_coverage(model: nn.Module, step: StepConfig) -> tuple[list[str], list[str]]:
+    """(selected, left out): the compressible parameters a step's rules and target select."""
+    chosen = set(select_layers(model, step.rules))
+    if step.target is not None:
+        chosen |= set(select_layers(model, dict.fromkeys(step.target.layers, True)))
+    return coverage(model, chosen)
 
 
 def plan_step(
@@ -81,7 +96,7 @@ def plan_step(
     target = step.target
     if target is None:
         return StepPlan(rules)
-    modules = compressible_layers(model)
+    params = compressible_parameters(model)
     chosen = [
         n for n in select_layers(model, dict.fromkeys(target.layers, True)) if n not in explicit
     ]
@@ -90,8 +105,8 @@ def plan_step(
             f"step {step.name}: every layer the target selects ({', '.join(target.layers)}) "
             "already has an explicit rule in this step; nothing is left to allocate"
         )
-    weights = {n: modules[n].weight.detach() for n in modules}
-    nonzero = {n: int(masks[n].sum()) if n in masks else weights[n].numel() for n in modules}
+    weights = {n: p.detach() for n, p in params.items()}
+    nonzero = {n: int(masks[n].sum()) if n in masks else weights[n].numel() for n in params}
     pruned = set(chosen) | {n for n, r in rules.items() if r.prune is not None}
     total = sum(weights[n].numel() for n in pruned)
     keep_all = math.floor(total / target.rate)

@@ -10,7 +10,7 @@ import types
 import typing
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from ..data import DataError, available_datasets, dataset_entry
-from ..models import available_models
+from ..models import available_models, is_known_model
 from .rules import QuantizeConfig, RuleConfig
 
 
@@ -115,17 +115,43 @@ class AdmmConfig(PhaseConfig):
         40, ge=0, description="0 skips ADMM: the step prunes by magnitude (projection) at once"
     )
     period: int = Field(4, ge=1, description="epochs per ADMM iteration")
-    rho: float = Field(1e-3, gt=0, description="initial penalty")
+    rho: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        1e-3,
+        description="initial penalty, or auto: each layer's rho adapts to balance its "
+        "residuals (starting at 1e-3, growing by rho_growth too, capped by rho_max, "
+        "default 10)",
+    )
     rho_growth: float = Field(1.3, ge=1, description="rho is multiplied by this every period")
     rho_max: float | None = Field(None, gt=0)
     rescale_dual: bool = True
     restart_schedule: bool = Field(
         True, description="restart the lr schedule every period, as the authors' code does"
     )
+    recalibrate_bn: int = Field(
+        100,
+        ge=0,
+        description="after hardening, recompute BatchNorm running statistics over this many "
+        "training batches (no gradient step), since the projection changes what each "
+        "BatchNorm sees; 0 turns it off. Models without BatchNorm are not affected",
+    )
+
+    @field_validator("rho", mode="before")
+    @classmethod
+    def _number_or_auto(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, str):  # YAML reads 1e-2 (no dot) as text
+            try:
+                v = float(v)
+            except ValueError:
+                raise ValueError(f"must be a number greater than 0, or auto; got {v!r}") from None
+        if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+            raise ValueError(f"must be a number greater than 0, or auto; got {v!r}")
+        return float(v)
 
     @model_validator(mode="after")
     def _period_fits(self) -> AdmmConfig:
-        if self.rho_max is not None and self.rho_max < self.rho:
+        if self.rho_max is not None and self.rho != "auto" and self.rho_max < self.rho:
             raise ValueError(f"rho_max ({self.rho_max}) must be >= rho ({self.rho})")
         if self.epochs and self.period > self.epochs:
             raise ValueError(
@@ -216,14 +242,21 @@ class StepConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: str
+    name: str = Field(
+        description="a registered model (built in, or declared by an installed package), "
+        "timm:NAME, torchvision:NAME, hf:FOLDER (a Hugging Face config or model folder), or "
+        "an import path package.module:factory"
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
 
     @field_validator("name")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        if v not in available_models():
-            raise ValueError(f"unknown model {v!r}; available: {', '.join(available_models())}")
+        if not is_known_model(v):
+            raise ValueError(
+                f"unknown model {v!r}; registered: {', '.join(available_models())}; or name "
+                "one as timm:NAME, torchvision:NAME, hf:FOLDER or package.module:factory"
+            )
         return v
 
 

@@ -66,6 +66,12 @@ class RunFolder:
                     f"{self.path} already holds a finished run; choose another --out folder"
                 )
             if resume:
+                if not (self.path / CONFIG_COPY).is_file():
+                    raise RunFolderError(
+                        f"nothing to resume in {self.path}: it holds no run (no {CHECKPOINT}, "
+                        f"no {CONFIG_COPY}); run without --resume to start one"
+                    )
+                # a run killed before its first checkpoint: it starts again
                 log.info("no checkpoint in %s: starting the run from the beginning", self.path)
             return None
         if not resume:

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from ..data import Augment, Dataset, dataset_entry, load_dataset, resolve_data_root
-from ..models import create_model
+from ..models import ModelSourceError, create_model, recorded_args
 from ..recipe.schema import (
     AugmentConfig,
+    ConfigError,
     DataConfig,
     DistillConfig,
     ModelConfig,
@@ -26,7 +27,16 @@ from ..train.optim import make_optimizer, make_scheduler
 
 
 def build_model(model: ModelConfig) -> nn.Module:
-    return create_model(model.name, **model.args)
+    """The config's model; arguments it does not take are a config error."""
+    try:
+        return create_model(model.name, **model.args)
+    except ModelSourceError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def recorded_model_args(model: ModelConfig) -> dict[str, Any]:
+    """What a model file records of the config's model arguments (``recorded_args``)."""
+    return recorded_args(model.name, model.args)
 
 
 def load_run_data(

@@ -194,8 +194,16 @@ def run_epochs(
             f"{label}: loss {stats.loss:.4f}  train acc {stats.accuracy:.4f}  "
             f"test acc {test_acc:.4f}  lr {lr:.3g}  ({stats.seconds:.1f}s)"
         )
-        if "residuals" in record:
-            worst = max(record["residuals"].values(), key=lambda r: r["relative_primal"])
-            msg += f"  ADMM update: max ||W-Z||/||W|| {worst['relative_primal']:.3g}"
         log.info(msg)
+        if "residuals" in record:  # each layer: how far W still is from its set, and rho
+            log.info(
+                "  ADMM update %d: ||W-Z||/||W|| (rho) %s",
+                len(
+                    [r for r in state.history if "residuals" in r and r.get("step") == step_number]
+                ),
+                ", ".join(
+                    f"{n} {r['relative_primal']:.3g} ({r['rho']:.2g})"
+                    for n, r in record["residuals"].items()
+                ),
+            )
         ctx.save(phase.checkpoint())

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,26 @@ from torch import Tensor, nn
 
 from .._version import __version__
 from ..constraints import Constraint, quantizer_of
-from ..core.admm import ADMM
+from ..core.admm import ADMM, FAR_FROM_SET, ADMMConvergenceWarning
 from ..core.masking import MaskEnforcer
+from ..core.selection import compressible_parameters
 from ..core.verify import verify_model
 from ..data import Dataset
 from ..formats import load_weights
 from ..formats.safetensors_model import save_model
-from ..recipe.planning import StepPlan, check_step_selectors, plan_step, step_constraints
-from ..recipe.schema import PhaseConfig, RunConfig, StepConfig
+from ..recipe.planning import (
+    StepPlan,
+    check_step_selectors,
+    plan_step,
+    step_constraints,
+    step_coverage,
+)
+from ..recipe.schema import ConfigError, PhaseConfig, RunConfig, StepConfig
+from ..train.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from ..train.distributed import (
     SINGLE,
     DistContext,
+    broadcast_buffers,
     broadcast_module,
     broadcast_object,
     init_from_env,
@@ -110,6 +120,7 @@ class Pipeline:
         # Bad rules and missing teachers fail here, before any data is read.
         for step in self.steps:
             check_step_selectors(self.model, step)
+            self._log_coverage(step)
         self.teachers.check_files()
         if ckpt is None and cfg.init:
             self._load_init(Path(cfg.init))
@@ -121,11 +132,61 @@ class Pipeline:
         if cfg.runtime.channels_last:
             self.model.to(memory_format=torch.channels_last)
             self.data = inputs.channels_last(self.data)
+        self._check_fits_data()
         self.structure = ChannelStructure(self.model, self.data.input_shape, self.device)
         self.teachers.check_outputs(self.model, self.data.input_shape)
         if self.dist.is_main:
             self.folder.write_config(cfg)
         return ckpt
+
+    def _check_fits_data(self) -> None:
+        """One forward pass (eval mode, no gradient) before any training: a model that does
+        not fit the data fails now, with a message, not at the first batch."""
+        shape, classes = tuple(self.data.input_shape), self.data.num_classes
+        example = torch.zeros(2, *shape, device=self.device)
+        if self.cfg.runtime.channels_last and example.dim() == 4:
+            example = example.contiguous(memory_format=torch.channels_last)
+        training = self.model.training
+        what = f"model {self.cfg.model.name!r} and data set {self.cfg.data.dataset!r}"
+        try:
+            with torch.no_grad():
+                out = self.model.eval()(example)
+        except Exception as e:  # any error of the user's forward: report it, briefly
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"{what} do not fit: a batch of its inputs, shape {(2, *shape)}, fails in the "
+                f"model's forward pass ({type(e).__name__}: {first[:300]})"
+            ) from None
+        finally:
+            self.model.train(training)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ConfigError(
+                f"{what} do not fit: the model should return class scores of shape (batch, "
+                f"classes), it returns {got} for inputs of shape {(2, *shape)}"
+            )
+        if out.shape[1] < classes:
+            raise ConfigError(
+                f"{what} do not fit: the model scores {out.shape[1]} classes, the data set has "
+                f"{classes}; set the model's num_classes (e.g. --set model.args.num_classes="
+                f"{classes})"
+            )
+
+    def _log_coverage(self, step: StepConfig) -> None:
+        """Which parameters the step compresses and which it leaves as they are."""
+        covered, left = step_coverage(self.model, step)
+
+        def names(xs: list[str]) -> str:
+            return ", ".join(xs[:8]) + (f" and {len(xs) - 8} more" if len(xs) > 8 else "")
+
+        log.info(
+            "%s compresses %d of %d parameters with two or more dimensions: %s%s",
+            step.name,
+            len(covered),
+            len(covered) + len(left),
+            names(covered),
+            f"; left as they are: {names(left)}" if left else "",
+        )
 
     def _load_init(self, path: Path) -> None:
         masks = load_weights(self.model, path)
@@ -211,8 +272,8 @@ class Pipeline:
             )
         phase.quant = quant
         if s.masks:
-            modules = dict(self.model.named_modules())
-            weights = {n: modules[n].weight for n in s.masks}
+            params = compressible_parameters(self.model)
+            weights = {n: params[n] for n in s.masks}
             if isinstance(quant, STEQuantizer):
                 weights.update(quant.shadow)  # the optimizer moves the shadows
             masks = dict(s.masks)
@@ -271,10 +332,10 @@ class Pipeline:
         if rcfg.quant_method == "ste":
             return STEQuantizer(self.model, quantized, s.masks, init=s.quant_init)
         if ckpt is None:  # a fresh phase: snapping starts from the full-precision weights
-            modules = dict(self.model.named_modules())
+            params = compressible_parameters(self.model)
             with torch.no_grad():
                 for n, w in s.quant_init.items():
-                    modules[n].weight.copy_(w)
+                    params[n].copy_(w)
         return SnapFreeze(self.model, quantized, s.masks, tuple(rcfg.freeze_fractions))
 
     def _batchnorm_masks(self) -> dict[str, Tensor]:
@@ -284,27 +345,71 @@ class Pipeline:
         """Project every constrained layer onto its set; the masks hold from now on."""
         s = self.state
         t0 = time.perf_counter()
-        modules = dict(self.model.named_modules())
+        weights = compressible_parameters(self.model)
         s.quant_init = {
-            n: modules[n].weight.detach().clone()
+            n: weights[n].detach().clone()
             for n, c in self.constraints.items()
             if quantizer_of(c) is not None
         }
+        far = admm.far_from_sets() if admm.iteration else {}
+        if far:
+            acfg = self.steps[s.step].admm
+            worst = ", ".join(f"{n} {v:.2f}" for n, v in sorted(far.items(), key=lambda x: -x[1]))
+            advice = (
+                f"{self.steps[s.step].name}: ADMM ended with ||W-Z||/||W|| above "
+                f"{FAR_FROM_SET:g} ({worst}): those weights did not reach their sets, so "
+                f"hardening costs accuracy. Raise admm.rho (now {acfg.rho}) or "
+                f"admm.rho_growth ({acfg.rho_growth}), give ADMM more epochs, or set "
+                "admm.rho: auto"
+            )
+            log.warning("%s", advice)
+            s.warnings.append(advice)
         # Layers masked earlier (an init model's pruning) but under no rule keep theirs.
-        s.masks = {**s.masks, **admm.harden()}
+        with warnings.catch_warnings():  # said above, in the run's own words
+            warnings.simplefilter("ignore", ADMMConvergenceWarning)
+            s.masks = {**s.masks, **admm.harden()}
         params = dict(self.model.named_parameters())
         for key, keep in self._batchnorm_masks().items():
             params[key].detach().masked_fill_(~keep, 0.0)
         for n, w in s.quant_init.items():  # pruned weights stay pruned for retraining
             w.masked_fill_(~s.masks[n], 0.0)
+        recalibrated = self._recalibrate_batchnorm()
         h_loss, h_acc = self._evaluate()
         s.phases["harden"] = {
             "test_accuracy": h_acc,
             "test_loss": h_loss,
             "epochs": 0.0,
             "seconds": time.perf_counter() - t0,
+            **recalibrated,
         }
         log.info("hardened: test acc %.4f (was %.4f before projection)", h_acc, test_acc)
+
+    def _recalibrate_batchnorm(self) -> dict[str, float]:
+        """BatchNorm statistics recomputed for the hardened weights (``admm.recalibrate_bn``
+        training batches, from a generator of their own, so the run's batches stay as they
+        were); returns the accuracy without it, for the report."""
+        batches = self.steps[self.state.step].admm.recalibrate_bn
+        if not batches or not batchnorm_layers(self.model):
+            return {}
+        before_loss, before_acc = self._evaluate()
+        generator = torch.Generator().manual_seed(self.cfg.seed + 7919 * (self.state.step + 1))
+        rows = self.dist.shard if self.dist.enabled else None
+        source = self.data.train.train_batches(self.cfg.data.batch_size, generator, rows, None)
+        used = recalibrate_batchnorm(
+            self.model, (x for x, _, _ in source), batches, autocast=self._autocast
+        )
+        broadcast_buffers(self.model, self.dist)  # rank 0's statistics everywhere
+        log.info(
+            "BatchNorm statistics recomputed on %d training batches (test acc was %.4f "
+            "right after the projection)",
+            used,
+            before_acc,
+        )
+        return {
+            "recalibration_batches": float(used),
+            "test_accuracy_before_recalibration": before_acc,
+            "test_loss_before_recalibration": before_loss,
+        }
 
     def _finish_phase(self, name: str, admm: ADMM | None) -> None:
         s = self.state
@@ -466,7 +571,7 @@ class Pipeline:
             self.model,
             self.state.masks,
             model_name=self.cfg.model.name,
-            model_args=self.cfg.model.args,
+            model_args=inputs.recorded_model_args(self.cfg.model),
             extra={
                 "dataset": self.cfg.data.dataset,
                 "input_shape": list(self.data.input_shape),
@@ -498,6 +603,7 @@ class Pipeline:
             model_file=model_path,
             wall_seconds=self._wall_seconds(),
             steps=s.steps,
+            warnings=s.warnings,
         )
         if self.dist.is_main:
             write_report(report, self.out)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..constraints import Constraint, count_levels, prunes, quantizer_of
-from ..core.selection import compressible_layers
+from ..core.selection import compressible_targets
 from ..formats.atomic import atomic_write_text
 from ..formats.encoding import QuantSpec, plan_tensor
 
@@ -54,11 +54,13 @@ def layer_table(
     constraints: Mapping[str, Constraint],
     masks: Mapping[str, Tensor] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per conv/linear layer, counted from the weights themselves."""
+    """One row per compressible parameter (every conv/linear weight, and any other of two or
+    more dimensions), counted from the weights themselves."""
     rows = []
     masks = masks or {}
-    for name, module in compressible_layers(model).items():
-        w = module.weight.detach()
+    for name, target in compressible_targets(model).items():
+        module = target.module
+        w = target.param.detach()
         nonzero = int(torch.count_nonzero(w))
         c = constraints.get(name)
         quant = quantizer_of(c) if c is not None else None
@@ -168,6 +170,7 @@ def build_report(
     model_file: Path,
     wall_seconds: float,
     steps: list[dict[str, Any]] | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     layers = layer_table(model, constraints, masks)
     residuals = [
@@ -200,6 +203,7 @@ def build_report(
         "config": cfg.model_dump(mode="json"),
         "history": history,
         "admm_residuals": residuals,
+        "warnings": list(warnings or []),
     }
 
 
@@ -221,6 +225,39 @@ def _fmt_scales(scales: list[float] | dict[str, float] | None) -> str:
     return ", ".join(f"{s:.3g}" for s in scales)
 
 
+def _warnings(report: dict[str, Any]) -> list[str]:
+    found = report.get("warnings") or []
+    if not found:
+        return []
+    return ["## Warnings", "", *(f"- {w}" for w in found), ""]
+
+
+def _residual_history(updates: list[dict[str, Any]]) -> list[str]:
+    """Each layer's relative primal residual at every update: where it should fall towards 0
+    (below about 0.1 before hardening; near 1 means the weights never approached the set)."""
+    steps = sorted({u.get("step", 1) for u in updates})
+    lines = [
+        "",
+        "## Relative primal residual ‖W−Z‖/‖W‖ at every update",
+        "",
+        "Each ADMM update moves Z onto the set and measures how far the weights still are. "
+        "Values should fall towards 0; above 0.1 at the last update, hardening costs "
+        "accuracy: raise `admm.rho`, `admm.rho_growth` or the ADMM epochs, or set "
+        "`admm.rho: auto`.",
+    ]
+    for step in steps:
+        these = [u for u in updates if u.get("step", 1) == step]
+        names = list(these[0]["layers"])
+        head = "| layer | " + " | ".join(str(i + 1) for i in range(len(these))) + " |"
+        if len(steps) > 1:
+            lines += ["", f"Step {step}:"]
+        lines += ["", head, "| --- |" + " ---: |" * len(these)]
+        for n in names:
+            cells = [f"{u['layers'][n]['relative_primal']:.3g}" for u in these if n in u["layers"]]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Compression report: {report['name']}",
@@ -240,6 +277,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| final test accuracy | {report['final']['test_accuracy'] * 100:.2f}% |",
         f"| wall time | {report['wall_seconds'] / 60:.1f} min |",
         "",
+        *_warnings(report),
         "## Phases",
         "",
         "| phase | epochs | test accuracy | test loss | seconds |",
@@ -248,6 +286,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name in ("pretrain", "admm", "harden", "retrain"):
         p = report["phases"].get(name)
         if p:
+            if "test_accuracy_before_recalibration" in p:
+                lines.append(
+                    f"| harden, before BatchNorm recalibration | 0 | "
+                    f"{p['test_accuracy_before_recalibration'] * 100:.2f}% | "
+                    f"{p['test_loss_before_recalibration']:.4f} | |"
+                )
+                name = (
+                    f"harden + BatchNorm recalibration ({int(p['recalibration_batches'])} batches)"
+                )
             lines.append(
                 f"| {name} | {int(p['epochs'])} | {p['test_accuracy'] * 100:.2f}% | "
                 f"{p['test_loss']:.4f} | {p['seconds']:.1f} |"
@@ -325,6 +372,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"| {name} | {r['primal']:.4g} | {r['relative_primal']:.4g} | "
                 f"{r['dual']:.4g} | {r['rho']:.4g} |"
             )
+        lines += _residual_history(report["admm_residuals"])
     lines += [
         "",
         "## Plots",

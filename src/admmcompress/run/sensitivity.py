@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..core.selection import select_layers
+from ..core.selection import compressible_parameters, select_layers
 from ..formats import load_weights
 from ..formats.atomic import atomic_write_text
 from ..recipe.allocation import ScanPoint, allocate, sensitivity_scan
@@ -97,7 +97,7 @@ def run_sensitivity(
     }
     if rate is not None:
         budget = int(sum(sizes.values()) / rate)
-        modules = dict(model.named_modules())
+        params = compressible_parameters(model)
         result["allocations"] = {
             "rate": rate,
             **{
@@ -105,7 +105,7 @@ def run_sensitivity(
                     budget,
                     sizes,
                     method,
-                    weights={n: modules[n].weight.detach() for n in chosen},
+                    weights={n: params[n].detach() for n in chosen},
                     scan=scan,
                 )
                 for method in ("sensitivity", "global_magnitude", "uniform")

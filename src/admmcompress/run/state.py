@@ -29,6 +29,7 @@ class RunState:
     phases: dict[str, dict[str, float]] = field(default_factory=dict)  # of the current step
     seconds: dict[str, float] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)  # summaries of finished steps
+    warnings: list[str] = field(default_factory=list)  # what the report must tell the user
     # The current step's per-layer rules (targets resolved to counts) and the masks it
     # started from; both go into every checkpoint so a resume rebuilds the same sets.
     planned_step: int | None = None
@@ -48,6 +49,7 @@ class RunState:
             "history": self.history,
             "phases": self.phases,
             "seconds": self.seconds,
+            "warnings": self.warnings,
         }
 
     def plan(self) -> dict[str, Any]:
@@ -78,6 +80,7 @@ class RunState:
             phases=ckpt["phases"],
             seconds=ckpt["seconds"],
             steps=ckpt.get("steps", []),
+            warnings=list(ckpt.get("warnings", [])),
             planned_step=ckpt.get("planned_step"),
             rules={n: RuleConfig.model_validate(r) for n, r in ckpt.get("rules", {}).items()},
             plan_info=ckpt.get("plan", {}),

@@ -13,7 +13,7 @@ from ..formats.safetensors_model import save_model
 from ..recipe.schema import ConfigError, ModelConfig, StepConfig
 from ..train.distributed import DistContext, broadcast_module
 from .folder import TEACHER_FILE, RunFolderError
-from .inputs import build_model
+from .inputs import build_model, recorded_model_args
 
 
 class Teachers:
@@ -60,7 +60,11 @@ class Teachers:
         path = self.folder / TEACHER_FILE
         if uses and not path.is_file() and self.dist.is_main:
             save_model(
-                path, model, {}, model_name=self.model_cfg.name, model_args=self.model_cfg.args
+                path,
+                model,
+                {},
+                model_name=self.model_cfg.name,
+                model_args=recorded_model_args(self.model_cfg),
             )
         self.dist.barrier()  # the other ranks read it from the (shared) run folder
 
@@ -96,7 +100,8 @@ class Teachers:
                         "not kept. Start a new run, name a teacher file, or drop 'distill'"
                     )
                 if self.dist.is_main:
-                    teacher = read_model_file(path, self.device).model
+                    # this run's own file: it names the config's model, imported already
+                    teacher = read_model_file(path, self.device, allow_import=True).model
                 else:  # sent from rank 0: the other machines need not see the run folder
                     teacher = build_model(self.model_cfg)
                     teacher.to(self.device)

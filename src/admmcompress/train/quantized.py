@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..constraints import Constraint, quantizer_of
 from ..core.masking import WeightFreezer
+from ..core.selection import compressible_parameters
 
 
 def quantize_at_scale(w: Tensor, scale: Tensor, quant: Any, mask: Tensor | None = None) -> Tensor:
@@ -46,13 +47,13 @@ def quantize_at_scale(w: Tensor, scale: Tensor, quant: Any, mask: Tensor | None 
 
 def quantized_layers(
     model: nn.Module, constraints: Mapping[str, Constraint], masks: Mapping[str, Tensor]
-) -> Iterator[tuple[str, nn.Module, Any, Tensor | None]]:
-    """(name, module, quantizer, mask or None) for every layer whose set quantizes."""
-    modules = dict(model.named_modules())
+) -> Iterator[tuple[str, nn.Parameter, Any, Tensor | None]]:
+    """(name, parameter, quantizer, mask or None) for every parameter whose set quantizes."""
+    params = compressible_parameters(model)
     for name, c in constraints.items():
         quant = quantizer_of(c)
         if quant is not None:
-            yield name, modules[name], quant, masks.get(name)
+            yield name, params[name], quant, masks.get(name)
 
 
 class STEQuantizer:
@@ -65,19 +66,19 @@ class STEQuantizer:
         masks: Mapping[str, Tensor],
         init: Mapping[str, Tensor] | None = None,
     ) -> None:
-        self.layers: dict[str, tuple[nn.Module, Any, Tensor | None]] = {}
+        self.layers: dict[str, tuple[nn.Parameter, Any, Tensor | None]] = {}
         self.shadow: dict[str, nn.Parameter] = {}
         self.scales: dict[str, Tensor] = {}
-        for name, module, quant, mask in quantized_layers(model, constraints, masks):
-            self.layers[name] = (module, quant, mask)
-            start = (init or {}).get(name, module.weight.detach())
+        for name, weight, quant, mask in quantized_layers(model, constraints, masks):
+            self.layers[name] = (weight, quant, mask)
+            start = (init or {}).get(name, weight.detach())
             shadow = start.detach().clone()
             if mask is not None:
                 shadow.masked_fill_(~mask, 0.0)
             self.shadow[name] = nn.Parameter(shadow)
             # The optimizer never sees this weight, so nothing else would clear a gradient
             # left from earlier training; it would leak into the first step.
-            module.weight.grad = None
+            weight.grad = None
         self._handles: list[Any] = []
         self.refit()
 
@@ -89,7 +90,7 @@ class STEQuantizer:
 
     def optimizer_params(self, model: nn.Module) -> list[nn.Parameter]:
         """The model's parameters with each quantized weight replaced by its shadow."""
-        swap = {id(m.weight): self.shadow[n] for n, (m, _, _) in self.layers.items()}
+        swap = {id(w): self.shadow[n] for n, (w, _, _) in self.layers.items()}
         return [swap.get(id(p), p) for p in model.parameters()]
 
     @torch.no_grad()
@@ -101,15 +102,15 @@ class STEQuantizer:
 
     @torch.no_grad()
     def quantize_(self) -> None:
-        for name, (module, quant, mask) in self.layers.items():
+        for name, (weight, quant, mask) in self.layers.items():
             q = quantize_at_scale(self.shadow[name].detach(), self.scales[name], quant, mask)
-            module.weight.copy_(q)
+            weight.copy_(q)
 
     def after_backward(self) -> None:
         """Hand the gradient of the quantized weights to the shadows (the straight-through step)."""
-        for name, (module, _, _) in self.layers.items():
-            self.shadow[name].grad = module.weight.grad
-            module.weight.grad = None
+        for name, (weight, _, _) in self.layers.items():
+            self.shadow[name].grad = weight.grad
+            weight.grad = None
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         self._handles.append(optimizer.register_step_post_hook(lambda *_: self.quantize_()))
@@ -150,8 +151,7 @@ class SnapFreeze:
         self.frozen: dict[str, Tensor] = {}
         self.values: dict[str, Tensor] = {}
         self.fraction = 0.0
-        for name, module, quant, mask in quantized_layers(model, constraints, masks):
-            w = module.weight
+        for name, w, quant, mask in quantized_layers(model, constraints, masks):
             if mask is None:
                 mask = torch.ones_like(w, dtype=torch.bool)
             self.layers[name] = (w, quant, mask)
