@@ -14,7 +14,7 @@ from admmcompress.recipe.planning import check_step_selectors, layer_constraints
 from admmcompress.recipe.schema import ConfigError, RunConfig, load_config, validate_config
 from helpers import CONFIGS
 
-RECIPES = sorted(CONFIGS.glob("*.yaml"))
+RECIPES = sorted(CONFIGS.rglob("*.yaml"))  # configs/gpu/ too
 TINY = CONFIGS / "tiny_test.yaml"
 LENET5_LAYERS = "conv1, conv2, fc1, fc2"
 
@@ -487,7 +487,7 @@ def test_recipes_exist() -> None:
     assert TINY in RECIPES
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(CONFIGS)) for p in RECIPES])
 def test_recipe_validates_and_resolves(path: Path) -> None:
     cfg = load_config(path)
     model = create_model(cfg.model.name, **cfg.model.args)

@@ -158,3 +158,23 @@ def test_admm_state_of_other_rules_is_refused() -> None:
     state = ADMM(model, {"fc1": Irregular(keep=0.1)}).state_dict()
     with pytest.raises(ValueError, match=r"saved under 'irregular \(keep 0\.1\)'"):
         ADMM(model, {"fc1": Irregular(keep=0.2)}).load_state_dict(state)
+
+
+def test_a_dense_run_keeps_the_batchnorm_statistics_it_trained(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """keep 1.0 changes no weight at hardening: recalibrating would only change statistics
+    that fit already (a dense DS-CNN lost 2.3 points to it in benchmarks/rho_and_batchnorm)."""
+    cfg = _folder_config(_folder(tmp_path / "images"))
+    cfg.update(
+        admm={"epochs": 0, "recalibrate_bn": 3},
+        retrain={"epochs": 0},
+        rules={"*": {"prune": "irregular", "keep": 1.0}},
+    )
+    code, err = _run(tmp_path, capsys, cfg)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert "recalibration_batches" not in report["phases"]["harden"]
+    assert (
+        report["phases"]["harden"]["test_accuracy"] == report["phases"]["pretrain"]["test_accuracy"]
+    )

@@ -12,6 +12,7 @@ bit-identical to not killing it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -206,6 +207,32 @@ def test_torchrun_two_processes_match_one(ddp_runs: dict[str, Path]) -> None:
 
 
 @pytest.mark.slow
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc: torchrun starts its workers in their
+    own sessions, so killing torchrun's process group leaves them running."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL torchrun and every worker at once, as a crash of the machine would."""
+    for p in [*_descendants(pid), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
 def test_killed_torchrun_run_resumes_bit_identically(
     ddp_runs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -222,7 +249,7 @@ def test_killed_torchrun_run_resumes_bit_identically(
         while time.monotonic() < deadline:
             log = out / "run.log"
             if log.exists() and "admm 1/2" in log.read_text():
-                os.killpg(proc.pid, signal.SIGKILL)
+                _kill_tree(proc.pid)
                 break
             if proc.poll() is not None:
                 pytest.fail("the run finished before it could be killed")
@@ -231,8 +258,9 @@ def test_killed_torchrun_run_resumes_bit_identically(
             pytest.fail("'admm 1/2' never appeared in run.log")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
         proc.wait()
+    time.sleep(1)  # nothing of the killed run may still be writing
     assert not (out / "report.json").exists()
     subprocess.run(_torchrun(ddp_runs["config"], out, "--resume"), check=True, env=ENV)
     a = load_file(str(ddp_runs["two"] / "model.safetensors"))

@@ -63,8 +63,54 @@ BALANCE_TAU = 2.0
 FAR_FROM_SET = 0.1
 
 
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_state(state: object, layers: Mapping[str, _Layer]) -> None:
+    """Raise ``ValueError`` unless ``state`` has the fields ``state_dict`` writes, each of
+    its kind and shape: a damaged state would otherwise fail mid-training."""
+    if not isinstance(state, Mapping) or not isinstance(state.get("layers"), Mapping):
+        raise ValueError("ADMM state is not a mapping with 'layers'")
+    it = state.get("iteration")
+    if not isinstance(it, int) or isinstance(it, bool) or it < 0:
+        raise ValueError(f"ADMM state's iteration {it!r} is not a count")
+    history = state.get("history")
+    if not isinstance(history, list) or not all(
+        isinstance(h, Mapping)
+        and all(
+            isinstance(v, list | tuple) and len(v) == 4 and all(map(_is_number, v))
+            for v in h.values()
+        )
+        for h in history
+    ):
+        raise ValueError("ADMM state's history is not a list of per-layer residuals")
+    for name, s in state["layers"].items():
+        layer = layers.get(name)
+        if layer is None:
+            continue  # the names are compared afterwards, with a message listing them
+        if not isinstance(s, Mapping):
+            raise ValueError(f"ADMM state for {name!r} is not a mapping")
+        for key in ("z", "u"):
+            t = s.get(key)
+            if not (
+                isinstance(t, Tensor) and t.is_floating_point() and t.shape == layer.weight.shape
+            ):
+                raise ValueError(
+                    f"ADMM state for {name!r}: {key} is not a floating-point tensor of shape "
+                    f"{tuple(layer.weight.shape)}"
+                )
+        rho, dual = s.get("rho"), s.get("last_dual")
+        if not (_is_number(rho) and math.isfinite(rho) and rho > 0 and _is_number(dual)):
+            raise ValueError(f"ADMM state for {name!r}: rho {rho!r} or last_dual {dual!r} is bad")
+
+
 class ADMMConvergenceWarning(UserWarning):
     """ADMM ended with weights far from their sets: hardening will cost accuracy."""
+
+
+class ADMMOverflowError(ArithmeticError):
+    """rho (or a residual) overflowed: continuing would only corrupt the weights."""
 
 
 # Devices where add_penalty_grad_ updates all layers in one multi-tensor call (launch-bound).
@@ -294,6 +340,13 @@ class ADMM:
                     new_rho /= BALANCE_TAU
             if self.rho_max is not None:
                 new_rho = min(new_rho, self.rho_max)
+            if not (math.isfinite(new_rho) and math.isfinite(out[name].primal)):
+                raise ADMMOverflowError(
+                    f"ADMM update {self.iteration + 1}: rho of {name!r} would become "
+                    f"{new_rho:g} (from {layer.rho:g}, growth {self.rho_growth:g}) and its "
+                    f"residual is {out[name].primal:g}; lower rho or rho_growth, or cap rho "
+                    "with rho_max"
+                )
             if self.rescale_dual and new_rho != layer.rho:
                 layer.u.mul_(layer.rho / new_rho)
             layer.rho = new_rho
@@ -310,6 +363,23 @@ class ADMM:
             w = layer.weight.detach()
             out[name] = _residual(w, layer.z, layer.last_dual, layer.rho)
         return out
+
+    @torch.no_grad()
+    def set_rho(self, rho: float | str, rho_max: float | None = None) -> None:
+        """Every layer's rho to ``rho`` (a new start; ``"auto"``: ``AUTO_RHO``), the scaled
+        dual rescaled to match; for a resume that changes rho."""
+        self.balance = rho == "auto"
+        value = AUTO_RHO if self.balance else float(rho)
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"rho must be a positive number or 'auto', got {rho!r}")
+        self.rho_max = AUTO_RHO_MAX if self.balance and rho_max is None else rho_max
+        if self.rho_max is not None:
+            value = min(value, self.rho_max)
+        for layer in self.layers.values():
+            if self.rescale_dual:
+                layer.u.mul_(layer.rho / value)
+            layer.rho = value
+            layer.refresh_target()
 
     def far_from_sets(self, threshold: float = FAR_FROM_SET) -> dict[str, float]:
         """Layers whose relative primal residual ||W - Z|| / ||W|| is above ``threshold``
@@ -384,6 +454,7 @@ class ADMM:
     def load_state_dict(self, state: Mapping) -> None:
         """Restore a saved state; it must be for the same parameters under the same sets
         (a state saved under other rules would pull the weights towards the wrong set)."""
+        _check_state(state, self.layers)
         names = set(state["layers"])
         for name, layer in self.layers.items():
             saved = state["layers"].get(name, {}).get("constraint")

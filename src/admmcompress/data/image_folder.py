@@ -19,6 +19,7 @@ its own slice of each batch.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,8 +94,15 @@ class _Images(torch.utils.data.Dataset):
         index, seed = item
         path, label = self.samples[index]
         try:
-            with Image.open(path) as f:
-                image = f.convert("RGB")
+            with warnings.catch_warnings():  # a near-bomb is refused, not just warned about
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as f:
+                    image = f.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DataError(
+                f"refused image {path}: {e} (a decompression bomb, or an image far larger "
+                "than any training image)"
+            ) from None
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for bad files
             raise DataError(f"cannot decode image {path}: {e}") from None
         # the transforms draw from torch's global generator: give them this image's seed
@@ -186,10 +194,22 @@ class FolderSplit:
                 x = torch.empty(0, 3, s, s, device=self.device)
                 yield x, torch.empty(0, dtype=torch.int64, device=self.device), global_n
                 continue
-            x, y = next(it)
+            try:
+                x, y = next(it)
+            except DataError as e:  # from a worker: torch adds the worker's traceback to it
+                raise DataError(_worker_message(e)) from None
             x = x.to(self.device, non_blocking=True)
             x = ((x.float() - mean) / std).contiguous(memory_format=fmt)
             yield x, y.to(self.device, non_blocking=True), global_n
+
+
+def _worker_message(e: Exception) -> str:
+    """The message of an error a DataLoader worker raised, without its traceback."""
+    text = str(e).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(": ", 1)[1] if ": " in last else last
 
 
 def _scan(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:

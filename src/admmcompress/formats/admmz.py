@@ -20,6 +20,7 @@ architecture, and bounds every allocation by the file's own size or ``max_params
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import zlib
@@ -31,7 +32,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import Tensor, nn
 
 from ..constraints import fit_binary, fit_ternary, fit_uniform
@@ -55,7 +56,7 @@ from .encoding import (
     signed_codes,
     unpack_uint,
 )
-from .model_file import ModelFile, ModelFileError, ReadOptions
+from .model_file import MAX_INPUT_VALUES, ModelFile, ModelFileError, ReadOptions
 from .registry import FileFormat, register_format
 
 MAGIC = b"ADMMZ\x00\r\n"
@@ -67,6 +68,11 @@ MAX_HEADER_BYTES = 16 << 20  # decompressed: far above any real model's header
 HEADER_INFLATION = 64  # and at most this many times its compressed size (real ones: ~8x)
 MAX_TENSORS = 100_000
 DEFAULT_MAX_PARAMS = 1 << 30  # 4 GiB of fp32; raise it for bigger models
+#: A reader allocates at most this many values per byte of the file (or MIN_VALUES, if more)
+#: unless the caller passes max_params: a file must justify what it makes its reader hold.
+#: Real files need far less: LeNet-5 pruned 300x holds 53 values per byte, binary weights 8.
+VALUES_PER_BYTE = 4096
+MIN_VALUES = 1 << 22
 #: model.safetensors metadata an .admmz header holds in fields of its own
 DERIVED_METADATA = frozenset({"format", "model", "model_args", "input_shape", "quantization"})
 
@@ -137,6 +143,16 @@ class FileHeader(_Strict):
     metadata: dict[str, str] = {}
     tensors: list[TensorHeader] = Field(max_length=MAX_TENSORS)
     payload_bytes: int = Field(ge=0)
+
+    @field_validator("input_shape")
+    @classmethod
+    def _bounded_input(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and math.prod(v) > MAX_INPUT_VALUES:
+            raise ValueError(
+                f"an input of shape {v} has {math.prod(v):,} values, more than the "
+                f"{MAX_INPUT_VALUES:,} an input may have"
+            )
+        return v
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -457,10 +473,20 @@ def _build(
     return model.to(device)
 
 
+def value_limit(file_bytes: int, max_params: int | None = None) -> int:
+    """How many values a reader may allocate for a file of ``file_bytes``: ``max_params``
+    when the caller gives it, else ``VALUES_PER_BYTE`` per byte (at least ``MIN_VALUES``),
+    never above ``DEFAULT_MAX_PARAMS``."""
+    if max_params is not None:
+        return max_params
+    return min(DEFAULT_MAX_PARAMS, max(MIN_VALUES, VALUES_PER_BYTE * file_bytes))
+
+
 def _check_architecture(
     path: Path, header: FileHeader, max_params: int, opts: ReadOptions | None = None
 ) -> None:
-    """Build the model on the meta device (no memory) and match every declared tensor."""
+    """Build the model on the meta device (no memory) and match every declared tensor;
+    ``max_params`` bounds the values it may declare."""
     opts = opts or ReadOptions()
     if "weights" in header.model_args:
         raise _fail(path, "its model arguments name a weights file, which is not allowed")
@@ -482,8 +508,19 @@ def _check_architecture(
     if total > max_params:
         raise _fail(
             path,
-            f"model declares {total:,} values, over the limit of {max_params:,} "
-            "(pass max_params to load a bigger model)",
+            f"model declares {total:,} values, over the limit of {max_params:,} for this file "
+            f"(at most {VALUES_PER_BYTE:,} values per byte of the file, at least "
+            f"{MIN_VALUES:,}); if you trust it, pass max_params to load it",
+        )
+    stored = sum(
+        int(np.prod(t.shape, dtype=np.int64)) if t.shape else 1 for t in header.tensors if t.weight
+    )
+    original = header.original_weights
+    if original is not None and not stored <= original <= max(max_params, stored):
+        raise _fail(
+            path,
+            f"declares {original:,} weights before compaction for {stored:,} stored: an "
+            "original model cannot be smaller than the stored one, or larger than the limit",
         )
     declared = {t.name: t for t in header.tensors}
     missing = sorted(set(state) - set(declared))
@@ -576,14 +613,16 @@ class LoadedFile:
 def read_admmz(
     path: str | os.PathLike,
     device: str | torch.device = "cpu",
-    max_params: int = DEFAULT_MAX_PARAMS,
+    max_params: int | None = None,
     opts: ReadOptions | None = None,
 ) -> LoadedFile:
-    """Validate and decode an ``.admmz`` file into its model (in eval mode) and sizes."""
+    """Validate and decode an ``.admmz`` file into its model (in eval mode) and sizes.
+
+    The model may declare at most ``value_limit(file size, max_params)`` values."""
     path = Path(path)
     opts = opts or ReadOptions()
     header, payload, size = read_header(path)
-    _check_architecture(path, header, max_params, opts)
+    _check_architecture(path, header, value_limit(size, max_params), opts)
     state: dict[str, Tensor] = {}
     for t in header.tensors:
         try:
@@ -626,8 +665,24 @@ def _model_file(path: Path, loaded: LoadedFile) -> ModelFile:
 
 
 def _read_model(path: Path, opts: ReadOptions) -> ModelFile:
-    max_params = opts.max_params or DEFAULT_MAX_PARAMS
-    return _model_file(path, read_admmz(path, opts.device, max_params, opts))
+    return _model_file(path, read_admmz(path, opts.device, opts.max_params, opts))
+
+
+def verify_admmz(
+    path: str | os.PathLike, max_params: int | None = None, opts: ReadOptions | None = None
+) -> FileSummary:
+    """Every check ``read_admmz`` makes, decoding each tensor and dropping it, without
+    building the model: what ``inspect`` needs, in the memory of the largest tensor."""
+    path = Path(path)
+    opts = opts or ReadOptions()
+    header, payload, size = read_header(path)
+    _check_architecture(path, header, value_limit(size, max_params), opts)
+    for t in header.tensors:
+        try:
+            _decode_tensor(t, payload)
+        except StorageError as e:
+            raise _fail(path, f"tensor {t.name}: {e}") from None
+    return FileSummary(header, size, size - len(payload))
 
 
 def _read_state(path: Path, model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Tensor]]:

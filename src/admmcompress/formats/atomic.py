@@ -1,11 +1,27 @@
-"""Atomic writes: a kill at any moment leaves either the old file or the complete new one."""
+"""Atomic writes: a kill at any moment leaves either the old file or the complete new one,
+and a full disk says so in one message instead of a writer's traceback."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: what torch.save and safetensors say when the OS refuses a write for lack of space
+NO_SPACE_TEXT = ("No space left", "os error 28", "error code: 28", "errno 28")
+
+
+class DiskFullError(OSError):
+    """No space left to write a file: the previous version of the file is intact."""
+
+
+def _no_space(e: BaseException) -> bool:
+    if isinstance(e, OSError) and e.errno in NO_SPACE:
+        return True
+    return any(t in str(e) for t in NO_SPACE_TEXT)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -23,8 +39,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if _no_space(e):
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on the disk to write {path} (its previous version, if any, is "
+                "intact); free some space, then continue with the same command (and --resume "
+                "for a run)",
+            ) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)

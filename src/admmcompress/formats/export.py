@@ -16,7 +16,7 @@ import torch
 from ..core.selection import compressible_parameters
 from ..structure.compact import compact_model
 from .admmz import FileSummary
-from .model_file import ModelFile, ModelFileError
+from .model_file import ModelFile, ModelFileError, checked_input_shape
 from .registry import file_format, read_model_file, writable_formats
 
 
@@ -30,13 +30,21 @@ class ExportResult:
 
 
 def _input_shape(src: ModelFile, given: tuple[int, ...] | None, why: str) -> tuple[int, ...]:
-    shape = given or src.input_shape
+    shape = checked_input_shape(given, "--input-shape") or src.input_shape
     if shape is None:
         raise ModelFileError(
             f"{why} needs the model's input shape, which {src.path} does not record: "
             "pass --input-shape, e.g. --input-shape 1,28,28"
         )
-    return tuple(shape)
+    return shape
+
+
+def _does_not_take(src: ModelFile, shape: tuple[int, ...], e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    return (
+        f"model {src.model_name!r} ({src.path}) does not take inputs of shape {(1, *shape)}: "
+        f"{type(e).__name__}: {first}. Give the shape of one of its inputs with --input-shape"
+    )
 
 
 def export(
@@ -66,7 +74,13 @@ def export(
         if src.original_weights is None:
             src.original_weights = sum(p.numel() for p in compressible_parameters(model).values())
         shape = _input_shape(src, input_shape, "--compact")
-        result = compact_model(model, torch.zeros(1, *shape))
+        example = torch.zeros(1, *shape)
+        try:
+            with torch.no_grad():  # a plain forward first: its error is the clearest
+                model.eval()(example)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise ModelFileError(_does_not_take(src, shape, e)) from None
+        result = compact_model(model, example)
         src.model = result.model
         for name, sizes in result.sizes.items():
             src.resized.setdefault(name, {}).update(sizes)
@@ -76,8 +90,15 @@ def export(
             "params_after": result.params_after,
         }
     if input_shape is not None:
-        src.input_shape = tuple(input_shape)
-    summary = writer.write(src, out_path, values=values)
+        src.input_shape = checked_input_shape(input_shape, "--input-shape")
+    try:
+        summary = writer.write(src, out_path, values=values)
+    except ModelFileError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        if fmt == "onnx" and src.input_shape is not None:
+            raise ModelFileError(_does_not_take(src, tuple(src.input_shape), e)) from None
+        raise
     comparable = fmt == "admmz" and src.report is not None and not compact
     comparable = comparable and values == "float32"
     estimate = src.report.get("storage_bytes") if comparable and src.report else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,35 @@ from torch import Tensor, nn
 
 from .encoding import QuantSpec
 
+#: the most values one input (C*H*W) may have: 16 MB of fp32, far above any image model's
+MAX_INPUT_VALUES = 1 << 22
+
 
 class ModelFileError(ValueError):
     """A model file that is missing, corrupt, or not one this tool can read."""
+
+
+def checked_input_shape(value: Any, where: str) -> tuple[int, ...] | None:
+    """A recorded input shape as a tuple, refusing anything but 1-4 positive whole numbers
+    whose product is at most ``MAX_INPUT_VALUES``: a declared shape decides allocations."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list | tuple)
+        or not 1 <= len(value) <= 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        text = repr(value)
+        text = text if len(text) <= 80 else text[:80] + "..."
+        raise ModelFileError(
+            f"{where}: its input shape {text} is not 1 to 4 positive whole numbers"
+        )
+    if math.prod(value) > MAX_INPUT_VALUES:
+        raise ModelFileError(
+            f"{where}: an input of shape {tuple(value)} has {math.prod(value):,} values, more "
+            f"than the {MAX_INPUT_VALUES:,} an input may have"
+        )
+    return tuple(value)
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from ..core.selection import compressible_targets
 from ..models import MASK_PREFIX, ModelSourceError, architecture_args, create_model
 from ..models.weights import load_state_exact
 from .atomic import atomic_write
 from .encoding import QuantSpec
-from .model_file import ModelFile, ModelFileError, ReadOptions
+from .model_file import ModelFile, ModelFileError, ReadOptions, checked_input_shape
 from .registry import FileFormat, register_format
 
 MODEL_FORMAT = "admmcompress.model/1"
@@ -87,6 +89,24 @@ def _legacy_quant(report: dict[str, Any] | None) -> dict[str, QuantSpec]:
     }
 
 
+def _short(e: object, limit: int = 600) -> str:
+    text = str(e)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_shapes(path: Path, expected: dict[str, Tensor], found: dict[str, Tensor]) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = [
+        k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or extra or wrong:
+        raise ModelFileError(
+            f"{path}: its tensors do not match the model its metadata names: missing "
+            f"{missing[:5]}, unexpected {extra[:5]}, shapes differ for {wrong[:5]}"
+        )
+
+
 def read_model(path: Path, opts: ReadOptions | None = None) -> ModelFile:
     """Rebuild the model named in the file's metadata and load its weights exactly."""
     opts = opts or ReadOptions()
@@ -97,40 +117,83 @@ def read_model(path: Path, opts: ReadOptions | None = None) -> ModelFile:
             f"{path} was not written by admmcompress (format {metadata.get('format')!r}, "
             f"expected {MODEL_FORMAT!r}); a plain state dict can start a run as 'init:'"
         )
+    state, masks = _split_masks(tensors)
     try:
         model_args = json.loads(metadata["model_args"])
+        if not isinstance(model_args, dict):
+            raise ValueError("its model arguments are not a mapping")
         if "weights" in model_args:
             raise ValueError("its model arguments name a weights file, which is not allowed")
         if opts.model is not None:
             model = opts.model
         else:
-            model = create_model(metadata["model"], allow_import=opts.allow_import, **model_args)
+            name = str(metadata["model"])
+            # First on the meta device: shapes, no memory. The metadata is not trusted to
+            # size anything until its architecture matches the tensors the file holds.
+            with torch.device("meta"):
+                probe = create_model(name, allow_import=opts.allow_import, **model_args)
+            _check_shapes(path, probe.state_dict(), state)
+            model = create_model(name, allow_import=opts.allow_import, **model_args)
+    except ModelFileError:
+        raise
     except ModelSourceError as e:
-        raise ModelFileError(f"{path}: {e}") from None
-    except (KeyError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{path}: cannot rebuild the model from its metadata: {e}") from None
-    state, masks = _split_masks(tensors)
+        raise ModelFileError(f"{path}: {_short(e)}") from None
+    except Exception as e:  # any constructor error: the arguments do not describe a model
+        raise ModelFileError(
+            f"{path}: cannot rebuild the model from its metadata: {type(e).__name__}: {_short(e)}"
+        ) from None
     try:
         load_state_exact(model, state)
     except RuntimeError as e:
         raise ModelFileError(
-            f"{path}: weights do not fit model {metadata['model']!r}: {e}"
+            f"{path}: weights do not fit model {metadata['model']!r}: {_short(e)}"
         ) from None
     model.to(device)
-    report_file = path.parent / "report.json"
-    report = json.loads(report_file.read_text()) if report_file.is_file() else None
+    report = _report_beside(path)
     mf = ModelFile(path, "safetensors", model, metadata["model"], model_args, masks)
     mf.metadata, mf.report = metadata, report
     raw_quant = mf.meta("quantization")
-    if isinstance(raw_quant, dict):
-        mf.quant = {
-            k: QuantSpec(int(v["bits"]), bool(v["per_channel"])) for k, v in raw_quant.items()
-        }
-    else:
-        mf.quant = _legacy_quant(report)
-    shape = mf.meta("input_shape")
-    mf.input_shape = tuple(shape) if isinstance(shape, list) else None
+    try:
+        if raw_quant is not None:
+            mf.quant = {k: _QuantEntry.model_validate(v).spec() for k, v in raw_quant.items()}
+        else:
+            mf.quant = _legacy_quant(report)
+    except (ValidationError, AttributeError, TypeError, KeyError) as e:
+        raise ModelFileError(
+            f"{path}: its 'quantization' metadata is not a mapping of layer names to grids "
+            f"({{'bits': 1-16, 'per_channel': true|false}}): {_short(e, 200)}"
+        ) from None
+    unknown = sorted(set(mf.quant) - set(compressible_targets(model)))
+    if unknown:
+        raise ModelFileError(
+            f"{path}: its 'quantization' metadata names unknown layers {unknown[:5]}"
+        )
+    mf.input_shape = checked_input_shape(mf.meta("input_shape"), str(path))
     return mf
+
+
+class _QuantEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    bits: int = Field(ge=1, le=16)
+    per_channel: bool = False
+
+    def spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.per_channel)
+
+
+def _report_beside(path: Path) -> dict[str, Any] | None:
+    """The run's report.json next to the file, if any; damaged ones are refused, since the
+    quantized layers of older files are read from it."""
+    report_file = path.parent / "report.json"
+    if not report_file.is_file():
+        return None
+    try:
+        report = json.loads(report_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ModelFileError(f"{report_file} beside the model is not valid JSON: {e}") from None
+    if not isinstance(report, dict):
+        raise ModelFileError(f"{report_file} beside the model is not a report")
+    return report
 
 
 def is_safetensors(head: bytes) -> bool:

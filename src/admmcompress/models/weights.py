@@ -8,6 +8,7 @@ that does not fit is refused with the first offending keys, not torch's wall of 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,33 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{"
 
 
+def check_torch_file(path: Path, what: str = "torch file") -> None:
+    """Raise ``ValueError`` unless ``path`` is a zip archive of stored entries no larger in
+    all than the file, as ``torch.save`` writes them (since PyTorch 1.6): then loading it
+    can allocate no more than its size. ``torch.load`` also inflates compressed entries,
+    so a 195 KB file can hold a 200 MB tensor, and the legacy format declares its sizes."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ValueError(
+            f"{what} {path} cannot be read: it is not the zip archive torch.save writes "
+            f"(PyTorch 1.6 and later): {e}. Re-save it with a current torch.save"
+        ) from None
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED:
+            raise ValueError(
+                f"{what} {path} has a compressed entry ({entry.filename[:80]!r}); torch.save "
+                "never compresses, and inflating could take far more memory than the file"
+            )
+    declared = sum(entry.file_size for entry in entries)
+    if declared > path.stat().st_size:
+        raise ValueError(
+            f"{what} {path} declares {declared:,} bytes of contents in a file of "
+            f"{path.stat().st_size:,}: it is damaged or crafted"
+        )
+
+
 def read_state_dict(path: Path) -> dict[str, Tensor]:
     """The name -> tensor mapping a safetensors or torch file holds (masks left out)."""
     if path.suffix == ".safetensors" or _is_safetensors(path):
@@ -45,6 +73,7 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
         # an admmcompress model.safetensors also holds its masks; its weights are already zero
         obj = {k: v for k, v in obj.items() if not k.startswith(MASK_PREFIX)}
     else:
+        check_torch_file(path, "weights file")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises many types for corrupt or pickled-code files

@@ -6,6 +6,7 @@ for growth: a rule says how a layer is pruned today and will say how it is quant
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from itertools import pairwise
@@ -34,6 +35,18 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+#: the largest rho and rho growth a config may ask for: beyond them the penalty overflows
+#: float32 within a few updates, and no run needs them
+MAX_RHO = 1e6
+MAX_RHO_GROWTH = 100.0
+#: torch's generators take 64-bit seeds; a run adds small offsets to the config's seed
+MAX_SEED = 2**62
+#: more threads than this only makes torch slower, whatever the machine
+MAX_THREADS = 1024
+#: run names become folder names under runs/
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 
 class OptimizerConfig(_Strict):
@@ -121,8 +134,10 @@ class AdmmConfig(PhaseConfig):
         "residuals (starting at 1e-3, growing by rho_growth too, capped by rho_max, "
         "default 10)",
     )
-    rho_growth: float = Field(1.3, ge=1, description="rho is multiplied by this every period")
-    rho_max: float | None = Field(None, gt=0)
+    rho_growth: float = Field(
+        1.3, ge=1, le=MAX_RHO_GROWTH, description="rho is multiplied by this every period"
+    )
+    rho_max: float | None = Field(None, gt=0, le=MAX_RHO)
     rescale_dual: bool = True
     restart_schedule: bool = Field(
         True, description="restart the lr schedule every period, as the authors' code does"
@@ -147,6 +162,11 @@ class AdmmConfig(PhaseConfig):
                 raise ValueError(f"must be a number greater than 0, or auto; got {v!r}") from None
         if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
             raise ValueError(f"must be a number greater than 0, or auto; got {v!r}")
+        if not v <= MAX_RHO:
+            raise ValueError(
+                f"must be at most {MAX_RHO:g} (a penalty that large pins the weights to their "
+                f"sets from the first step), got {v!r}"
+            )
         return float(v)
 
     @model_validator(mode="after")
@@ -397,7 +417,7 @@ class DataConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1, description="CPU threads for torch")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="CPU threads for torch")
     deterministic: bool = Field(True, description="bit-reproducible runs and resumes")
     progress: bool = Field(True, description="show progress bars")
     flush_denormal: bool = Field(
@@ -423,8 +443,12 @@ class RunConfig(_Strict):
     own settings override key by key.
     """
 
-    name: str = "run"
-    seed: int = 0
+    name: str = Field(
+        "run",
+        max_length=200,
+        description="run name (letters, digits, . _ -): the default output folder is runs/<name>",
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     init: str | None = Field(
@@ -437,6 +461,16 @@ class RunConfig(_Strict):
     rules: dict[str, RuleConfig] = Field(default_factory=dict)
     target: TargetConfig | None = None
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        if not re.match(NAME_PATTERN, v):
+            raise ValueError(
+                "must be letters, digits, '.', '_' or '-', not starting with '.' or '-' (it "
+                f"names the output folder runs/<name>), got {v!r}"
+            )
+        return v
 
     @field_validator("model", mode="before")
     @classmethod
@@ -608,6 +642,16 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             return
         child = node.get(candidate)
         if child is None:
+            if parts[j].isdigit():  # steps.0.x where the config has no steps
+                raise ConfigError(
+                    f"--set {item!r}: this config has no {'.'.join(parts[:j])!r} list"
+                    + (
+                        " (it is a one-step run: set the step's keys at the top level, e.g. "
+                        f"{'.'.join(parts[j + 1 :])}=...)"
+                        if parts[:j] == ["steps"]
+                        else ""
+                    )
+                )
             child = node[candidate] = {}
         if not isinstance(child, (dict, list)):
             raise ConfigError(f"--set {item!r}: {'.'.join(parts[:j])} is a value, not a section")

@@ -24,6 +24,7 @@ from ..train.distill import Distillation
 from ..train.distributed import DistContext, broadcast_buffers, check_identical
 from ..train.loop import EpochStats, train_epoch
 from ..train.quantized import SnapFreeze, STEQuantizer
+from .checkpoint import check_like, check_optimizer_state
 from .state import RunState
 
 log = logging.getLogger("admmcompress")
@@ -46,15 +47,25 @@ class Phase:
     quant: QuantRetrainer | None = None
     enforcer: MaskEnforcer | None = None
 
-    def restore(self, ckpt: dict[str, Any], epoch: int) -> None:
-        """Continue from a checkpoint written inside this phase."""
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if not (self.restart and epoch % self.period == 0):
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+    def restore(self, ckpt: dict[str, Any], epoch: int, keep_optimizer: bool = True) -> None:
+        """Continue from a checkpoint written inside this phase (``keep_optimizer=False``:
+        the optimizer and schedule start afresh, for a resume that changed them)."""
+        if keep_optimizer:
+            check_optimizer_state(ckpt["optimizer"], self.optimizer)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if not (self.restart and epoch % self.period == 0):
+                check_like(ckpt["scheduler"], self.scheduler.state_dict(), "scheduler")
+                self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.admm is not None:
             self.admm.load_state_dict(ckpt["admm"])
         if self.quant is not None:
+            check_like(ckpt["quant"], self.quant.state_dict(), "quantization state")
             self.quant.load_state_dict(ckpt["quant"])
+
+    def fast_forward(self, epoch: int) -> None:
+        """Put a new schedule where the phase is: ``epoch`` epochs done."""
+        for _ in range(epoch % self.period if self.restart else epoch):
+            self.scheduler.step()
 
     def attach(self) -> None:
         if self.quant is not None:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._version import __version__
 from ..constraints import Constraint, quantizer_of
-from ..core.admm import ADMM, FAR_FROM_SET, ADMMConvergenceWarning
+from ..core.admm import ADMM, FAR_FROM_SET, ADMMConvergenceWarning, ADMMOverflowError
 from ..core.masking import MaskEnforcer
 from ..core.selection import compressible_parameters
 from ..core.verify import verify_model
@@ -36,7 +36,7 @@ from ..recipe.planning import (
     step_constraints,
     step_coverage,
 )
-from ..recipe.schema import ConfigError, PhaseConfig, RunConfig, StepConfig
+from ..recipe.schema import PhaseConfig, RunConfig, StepConfig
 from ..train.batchnorm import batchnorm_layers, recalibrate_batchnorm
 from ..train.distributed import (
     SINGLE,
@@ -47,10 +47,10 @@ from ..train.distributed import (
     init_from_env,
     shutdown,
 )
-from ..train.loop import evaluate
+from ..train.loop import NonFiniteLossError, evaluate
 from ..train.quantized import SnapFreeze, STEQuantizer
 from . import inputs
-from .checkpoint import save_checkpoint
+from .checkpoint import CheckpointError, check_structure, save_checkpoint
 from .coupling import ChannelStructure
 from .folder import CHECKPOINT, MODEL_FILE, STEPS_DIR, RunFolder
 from .phase import EpochContext, Phase, QuantRetrainer, run_epochs
@@ -100,13 +100,20 @@ class Pipeline:
         cfg = self.cfg
         self.device = setup_runtime(cfg.runtime)
         self.dist = init_from_env(self.device.type == "cuda")
+        if self.dist.is_main:  # one process owns the folder; the lock says which
+            self.folder.lock()
         self.dist.barrier()  # every rank checks the folder before rank 0 writes to it
         ckpt = self.folder.claim(cfg, self.resume, self.allow_changes)
         self.dist.barrier()
         # Only now, with the folder known to be ours, does the run write into it.
         if self.dist.is_main:
+            stale = self.folder.remove_stale_temporaries()
             self.folder.open_log()
+            if stale:
+                log.info("removed %d temporary files of an interrupted write", len(stale))
         log.info("admmcompress %s: run %r in %s", __version__, cfg.name, self.out)
+        if self.folder.applied_changes:
+            log.warning("resuming with a changed config: %s", self.folder.change_listing)
         if self.dist.enabled:
             log.info(
                 "data parallel over %d processes (global batch %d)",
@@ -140,37 +147,16 @@ class Pipeline:
         return ckpt
 
     def _check_fits_data(self) -> None:
-        """One forward pass (eval mode, no gradient) before any training: a model that does
-        not fit the data fails now, with a message, not at the first batch."""
-        shape, classes = tuple(self.data.input_shape), self.data.num_classes
-        example = torch.zeros(2, *shape, device=self.device)
-        if self.cfg.runtime.channels_last and example.dim() == 4:
-            example = example.contiguous(memory_format=torch.channels_last)
-        training = self.model.training
-        what = f"model {self.cfg.model.name!r} and data set {self.cfg.data.dataset!r}"
-        try:
-            with torch.no_grad():
-                out = self.model.eval()(example)
-        except Exception as e:  # any error of the user's forward: report it, briefly
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ConfigError(
-                f"{what} do not fit: a batch of its inputs, shape {(2, *shape)}, fails in the "
-                f"model's forward pass ({type(e).__name__}: {first[:300]})"
-            ) from None
-        finally:
-            self.model.train(training)
-        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ConfigError(
-                f"{what} do not fit: the model should return class scores of shape (batch, "
-                f"classes), it returns {got} for inputs of shape {(2, *shape)}"
-            )
-        if out.shape[1] < classes:
-            raise ConfigError(
-                f"{what} do not fit: the model scores {out.shape[1]} classes, the data set has "
-                f"{classes}; set the model's num_classes (e.g. --set model.args.num_classes="
-                f"{classes})"
-            )
+        """One forward pass before any training: a model that does not fit the data fails
+        now, with a message, not at the first batch."""
+        inputs.check_fits(
+            self.model,
+            tuple(self.data.input_shape),
+            self.data.num_classes,
+            f"model {self.cfg.model.name!r} and data set {self.cfg.data.dataset!r}",
+            self.device,
+            self.cfg.runtime.channels_last,
+        )
 
     def _log_coverage(self, step: StepConfig) -> None:
         """Which parameters the step compresses and which it leaves as they are."""
@@ -218,7 +204,28 @@ class Pipeline:
         )
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
+        path = self.out / CHECKPOINT
+        check_structure(ckpt, path, len(self.steps))
+        try:
+            self._restore_checked(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be resumed: {type(e).__name__}: "
+                f"{str(e).strip()[:300]}. It does not fit this run's model and config; start "
+                "the run again in another --out folder"
+            ) from None
+
+    def _restore_checked(self, ckpt: dict[str, Any]) -> None:
         self.state = RunState.from_checkpoint(ckpt, self.device)
+        if self.folder.applied_changes:
+            where = self.state.phase
+            if where in ("admm", "retrain"):
+                where = f"{self.steps[self.state.step].name} {where}"
+            self.state.warnings.append(
+                f"resumed at {where} epoch {self.state.epoch + 1} with changed settings: "
+                f"{self.folder.change_listing}; the result is not bit-identical to an "
+                "uninterrupted run"
+            )
         self._wall_base = float(ckpt["seconds"].get("wall", 0.0))
         self.model.load_state_dict(ckpt["model"])
         self.constraints = step_constraints(self.model, self.state.rules, self.state.support)
@@ -285,9 +292,39 @@ class Pipeline:
             phase.enforcer = MaskEnforcer(weights, masks)
             phase.enforcer.attach(optimizer)
         if ckpt is not None and ckpt.get("optimizer") is not None:
-            phase.restore(ckpt, s.epoch)
+            changed = self._changed_in_phase(name)
+            fresh = any(k.startswith(("optimizer.", "scheduler.")) for k in changed)
+            try:
+                phase.restore(ckpt, s.epoch, keep_optimizer=not fresh)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+                raise CheckpointError(
+                    f"checkpoint {self.out / CHECKPOINT} cannot be resumed: the state of its "
+                    f"{name} phase does not fit ({type(e).__name__}: {str(e).strip()[:300]}); "
+                    "start the run again in another --out folder"
+                ) from None
+            if fresh:  # the new settings: the optimizer and its schedule start again
+                phase.fast_forward(s.epoch)
+                log.info("%s: optimizer and schedule restarted with the new settings", name)
+            if phase.admm is not None and {"rho", "rho_max"} & set(changed):
+                phase.admm.set_rho(self.steps[s.step].admm.rho, self.steps[s.step].admm.rho_max)
+                log.info("%s: rho set to the new value", name)
         phase.attach()
         return phase
+
+    def _changed_in_phase(self, name: str) -> list[str]:
+        """The changed settings of the phase in progress (keys inside the phase)."""
+        if name == "pretrain":
+            prefixes = ["pretrain."]
+        elif self.cfg.steps is None:
+            prefixes = [f"{name}."]
+        else:
+            prefixes = [f"steps.{self.state.step}.{name}."]
+        return [
+            k.removeprefix(p)
+            for k in self.folder.applied_changes
+            for p in prefixes
+            if k.startswith(p)
+        ]
 
     def _run_phase(self, name: str, pcfg: PhaseConfig, ckpt: dict[str, Any] | None) -> None:
         s = self.state
@@ -373,7 +410,9 @@ class Pipeline:
             params[key].detach().masked_fill_(~keep, 0.0)
         for n, w in s.quant_init.items():  # pruned weights stay pruned for retraining
             w.masked_fill_(~s.masks[n], 0.0)
-        recalibrated = self._recalibrate_batchnorm()
+        # statistics that fit the weights already: a rule that keeps everything changes none
+        changed = bool(s.quant_init) or not all(bool(m.all()) for m in s.masks.values())
+        recalibrated = self._recalibrate_batchnorm() if changed else {}
         h_loss, h_acc = self._evaluate()
         s.phases["harden"] = {
             "test_accuracy": h_acc,
@@ -486,6 +525,7 @@ class Pipeline:
             # (torch starts with it off and offers no getter).
             torch.set_flush_denormal(False)
             self.folder.close_log()
+            self.folder.unlock()
 
     def _run(self) -> dict[str, Any]:
         self._session_start = time.perf_counter()
@@ -510,9 +550,24 @@ class Pipeline:
             )
             if s.phase == "admm" and s.step == 0 and s.epoch == 0:
                 self.teachers.keep_initial(self.model)
-            self._run_phase(s.phase, pcfg, ckpt if mid_phase else None)
+            try:
+                self._run_phase(s.phase, pcfg, ckpt if mid_phase else None)
+            except (NonFiniteLossError, ADMMOverflowError) as e:
+                raise type(e)(f"{e}; {self._after_divergence()}") from None
             ckpt = None
         return self._finalize()
+
+    def _after_divergence(self) -> str:
+        """What a user can do after a NaN or an overflow, given what the folder holds."""
+        if (self.out / CHECKPOINT).is_file():
+            return (
+                "the last good checkpoint is kept: lower the learning rate (or rho, or "
+                "rho_growth) and continue with --resume --allow-changes --set ..."
+            )
+        return (
+            "it happened before the first checkpoint, so nothing was kept: lower the "
+            "learning rate (or rho) and start the run again"
+        )
 
     def _scan_split(self) -> Any:
         """Training images the sensitivity scan scores on (never the test set)."""

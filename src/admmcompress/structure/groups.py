@@ -54,7 +54,9 @@ too, so that the groups describe the whole model.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import math
 import operator
 from collections import Counter
@@ -536,7 +538,10 @@ def trace_model(model: nn.Module, example_input: Tensor) -> fx.GraphModule:
             gm = fx.symbolic_trace(model)
         except Exception as exc:
             raise ValueError(f"channel groups need a torch.fx-traceable model: {exc}") from exc
-        with torch.no_grad():
+        # ShapeProp prints the traceback of a failing node before raising: keep it for the
+        # error it raises instead (a caller may turn that into one message)
+        printed = io.StringIO()
+        with torch.no_grad(), contextlib.redirect_stderr(printed):
             ShapeProp(gm).propagate(example_input)
     finally:
         for name, m in model.named_modules():

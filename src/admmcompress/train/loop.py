@@ -97,17 +97,14 @@ def train_epoch(
         if bad and not dist.enabled:
             raise NonFiniteLossError(
                 f"{desc}: the loss became {float(objective.detach())} at batch "
-                f"{step + 1} of {total}; "
-                "the last good checkpoint is kept: lower the learning rate (or rho) and "
-                "continue with --resume --allow-changes --set ..."
+                f"{step + 1} of {total}"
             )
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if dist.enabled and all_reduce_gradients(synced, dist, bad):
             raise NonFiniteLossError(
                 f"{desc}: the loss became non-finite on at least one process at batch "
-                f"{step + 1} of {total}; the last good checkpoint is kept: lower the learning "
-                "rate (or rho) and continue with --resume --allow-changes --set ..."
+                f"{step + 1} of {total}"
             )
         if after_backward is not None:
             after_backward()
