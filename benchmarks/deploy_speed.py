@@ -1,0 +1,319 @@
+"""Is a compressed ResNet-20 faster where it is deployed? CPU inference of the dense model
+against filter-pruned compact ones and an int8 model, in PyTorch eager, ``torch.compile``
+and onnxruntime; one and two threads, batch 1 and 64.
+
+    python benchmarks/deploy_speed.py                    # random weights: speed and sizes
+    python benchmarks/deploy_speed.py --init runs/resnet20_dense/model.safetensors
+        # trained weights: also the test accuracy of every variant (int8's loss with it)
+
+Variants (speed does not depend on the values of the weights, only on the shapes):
+
+- dense: ``resnet20_cifar`` as trained (fp32);
+- compact 2x / 3x fewer FLOPs: every conv filter-pruned by magnitude at the keep ratio
+  ``flops.keep_for`` finds, the coupled residual groups together, then ``compact_model``;
+- int8: the dense weights projected onto an 8-bit symmetric per-channel grid (what ADMM's
+  ``quantize: {bits: 8, per_channel: true}`` ends on), exported to ONNX and quantized by
+  onnxruntime's ``quantize_static`` (QDQ format, per-channel weights, activation scales
+  from ``--calibration`` training images, after onnxruntime's ``quant_pre_process``), run
+  by onnxruntime. The kernels that ran are read
+  from onnxruntime's profile.
+
+Timing: a warm-up, then ``--rounds`` rounds interleaving every variant of one runtime,
+thread count and batch size; each round times a block of calls of about ``--block-ms``;
+the median per image is reported, and speed-ups are against the dense fp32 model in the
+same runtime (and against dense eager) measured in the same rounds. Nothing else should
+run meanwhile. File sizes: the ``.admmz`` of each variant (the compact ones as their
+resized architecture), and each ONNX file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from admmcompress import ADMM, Uniform, create_model, load
+from admmcompress.formats.admmz import save_admmz
+from admmcompress.formats.encoding import QuantSpec
+from admmcompress.structure.compact import compact_model
+from common import write_results
+from flops import conv_rules, count_flops, keep_for
+
+SHAPE = (3, 32, 32)
+#: a compact variant's resized layers, which its .admmz records to rebuild it
+RESIZED: dict[str, dict[str, dict[str, int]]] = {}
+
+
+def _variants(init: Path | None) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    dense = load(init) if init else create_model("resnet20_cifar")
+    dense.eval()
+    out = {"dense": dense}
+    for target in (2.0, 3.0):
+        keep, _ = keep_for("resnet20_cifar", target)
+        m = load(init) if init else create_model("resnet20_cifar")
+        if not init:
+            m.load_state_dict(dense.state_dict())
+        ADMM(m, conv_rules(m, keep)).harden()
+        result = compact_model(m.eval(), torch.zeros(1, *SHAPE))
+        RESIZED[f"compact {target:g}x fewer FLOPs"] = result.sizes
+        out[f"compact {target:g}x fewer FLOPs"] = result.model.eval()
+    return out
+
+
+def _onnx(model: nn.Module, path: Path) -> Path:
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, *SHAPE),),
+        str(path),
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader: training images, one batch of 16 at a time."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.batches = iter(np.array_split(images, max(1, len(images) // 16)))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        b = next(self.batches, None)
+        return None if b is None else {"x": b}
+
+
+def _int8(dense: nn.Module, work: Path, calibration: np.ndarray) -> tuple[Path, nn.Module]:
+    """The dense model on an 8-bit per-channel grid, then a QDQ int8 ONNX model."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    grid = create_model("resnet20_cifar")
+    grid.load_state_dict(dense.state_dict())
+    rules = {
+        n: Uniform(bits=8, per_channel=True)
+        for n, m in grid.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    }
+    ADMM(grid, rules).harden()
+    grid.eval()
+    fp32 = _onnx(grid, work / "grid8_fp32.onnx")
+    # onnxruntime's recommended pre-processing (shape inference, graph optimisation): without
+    # it, the biases of the exported convs are not initialisers and 18 of the 21 convs stay
+    # fp32 between (de)quantize nodes; with it, all 21 run as QLinearConv
+    prepared = work / "grid8_prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared))
+    out = work / "int8_qdq.onnx"
+    quantize_static(
+        str(prepared),
+        str(out),
+        _Calibration(calibration),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return out, grid
+
+
+def _session(path: Path, threads: int, profile: bool = False):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.enable_profiling = profile
+    if profile:  # beside the model, in the benchmark's temporary folder
+        opts.profile_file_prefix = str(path.with_suffix("")) + "_profile"
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _kernels(path: Path) -> dict[str, int]:
+    """Which onnxruntime kernels ran (op type -> nodes), read from its profile."""
+    import json
+
+    sess = _session(path, 1, profile=True)
+    sess.run(None, {"x": np.zeros((2, *SHAPE), np.float32)})
+    profile = Path(sess.end_profiling())
+    trace = json.loads(profile.read_text())
+    profile.unlink()
+    ops: dict[str, int] = {}
+    for e in trace:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            ops[op] = ops.get(op, 0) + 1
+    return ops
+
+
+def _block(fn: Callable[[], object], block_ms: float) -> float:
+    """Seconds per call over a block of about ``block_ms``."""
+    start = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - start, 1e-6)
+    n = max(1, int(block_ms / 1000 / one))
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+def _accuracy(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+    correct = 0
+    for i in range(0, len(y), 250):
+        correct += int((run(x[i : i + 250]).argmax(1) == y[i : i + 250]).sum())
+    return correct / len(y)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--init", type=Path, help="trained dense ResNet-20 (else random weights)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--block-ms", type=float, default=300.0)
+    ap.add_argument("--calibration", type=int, default=512)
+    ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "data"))
+    args = ap.parse_args()
+    torch.set_flush_denormal(True)
+
+    from admmcompress.data import load_dataset, resolve_data_root
+
+    data = load_dataset("cifar10", resolve_data_root(args.data_dir))
+    calib = data.train.subset(args.calibration, seed=1).x.numpy().astype(np.float32)
+    test_x = data.test.x.numpy().astype(np.float32)
+    test_y = data.test.y.numpy()
+    models = _variants(args.init)
+    flops = {k: count_flops(m, SHAPE) for k, m in models.items()}
+    results: dict = {"flops": flops, "sizes": {}, "timings": [], "accuracy": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        onnx_paths = {k: _onnx(m, work / f"{i}.onnx") for i, (k, m) in enumerate(models.items())}
+        int8_path, grid = _int8(models["dense"], work, calib)
+        onnx_paths["int8 (8-bit grid, QDQ)"] = int8_path
+        results["int8_kernels"] = _kernels(int8_path)
+        results["fp32_kernels"] = _kernels(onnx_paths["dense"])
+        quant8 = {
+            n: QuantSpec(8, True)
+            for n, m in grid.named_modules()
+            if isinstance(m, nn.Conv2d | nn.Linear)
+        }
+        for k, m in {**models, "8-bit grid": grid}.items():
+            p = work / "m.admmz"
+            save_admmz(
+                p,
+                m,
+                model_name="resnet20_cifar",
+                model_args={},
+                input_shape=SHAPE,
+                resized=RESIZED.get(k),
+                quant=quant8 if k == "8-bit grid" else None,
+            )
+            results["sizes"][f"{k} (.admmz)"] = p.stat().st_size
+        for k, p in onnx_paths.items():
+            results["sizes"][f"{k} (ONNX)"] = p.stat().st_size
+        if args.init:  # the compact variants are not fine-tuned here: no accuracy for them
+            for k, m in {"dense": models["dense"], "8-bit grid (PyTorch)": grid}.items():
+                results["accuracy"][k] = _accuracy(
+                    lambda x, m=m: m(torch.from_numpy(x)).detach().numpy(), test_x, test_y
+                )
+            sess = _session(int8_path, 2)
+            results["accuracy"]["int8 (8-bit grid, QDQ)"] = _accuracy(
+                lambda x: sess.run(None, {"x": x})[0], test_x, test_y
+            )
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            compiled = {}
+            if not args.skip_compile:
+                for k, m in models.items():
+                    compiled[k] = torch.compile(m)
+            sessions = {k: _session(p, threads) for k, p in onnx_paths.items()}
+            for batch in args.batches:
+                xn = calib[:batch].copy()
+                x = torch.from_numpy(xn)
+                fns: dict[tuple[str, str], Callable[[], object]] = {}
+                for k, m in models.items():
+                    fns[("eager", k)] = lambda m=m, x=x: m(x)
+                    if k in compiled:
+                        fns[("torch.compile", k)] = lambda c=compiled[k], x=x: c(x)
+                for k, s in sessions.items():
+                    fns[("onnxruntime", k)] = lambda s=s, xn=xn: s.run(None, {"x": xn})
+                with torch.inference_mode():
+                    for fn in fns.values():  # warm-up (and compilation)
+                        for _ in range(3):
+                            fn()
+                    times: dict[tuple[str, str], list[float]] = {k: [] for k in fns}
+                    for _ in range(args.rounds):
+                        for key, fn in fns.items():
+                            times[key].append(_block(fn, args.block_ms))
+                for (runtime, variant), v in times.items():
+                    results["timings"].append(
+                        {
+                            "threads": threads,
+                            "batch": batch,
+                            "runtime": runtime,
+                            "variant": variant,
+                            "ms_per_batch": 1000 * statistics.median(v),
+                        }
+                    )
+                print(f"threads {threads}, batch {batch}: done", flush=True)
+    rows = _table(results)
+    write_results("deploy_speed", {"init": str(args.init) if args.init else None, **results}, rows)
+
+
+def _table(results: dict) -> str:
+    t = results["timings"]
+    base = {
+        (r["threads"], r["batch"], r["runtime"]): r["ms_per_batch"]
+        for r in t
+        if r["variant"] == "dense"
+    }
+    eager = {
+        (r["threads"], r["batch"]): r["ms_per_batch"]
+        for r in t
+        if r["variant"] == "dense" and r["runtime"] == "eager"
+    }
+    lines = [
+        "| threads | batch | runtime | variant | ms per batch | vs dense, same runtime | "
+        "vs dense eager |",
+        "| ---: | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in t:
+        key = (r["threads"], r["batch"], r["runtime"])
+        dense = base.get(key, base.get((r["threads"], r["batch"], "onnxruntime")))
+        lines.append(
+            f"| {r['threads']} | {r['batch']} | {r['runtime']} | {r['variant']} | "
+            f"{r['ms_per_batch']:.3f} | {dense / r['ms_per_batch']:.2f}x | "
+            f"{eager[(r['threads'], r['batch'])] / r['ms_per_batch']:.2f}x |"
+        )
+    lines += ["", "| model | FLOPs (M) |", "| --- | ---: |"]
+    lines += [f"| {k} | {v / 1e6:.1f} |" for k, v in results["flops"].items()]
+    lines += ["", "| file | bytes |", "| --- | ---: |"]
+    lines += [f"| {k} | {v:,} |" for k, v in results["sizes"].items()]
+    lines += ["", f"onnxruntime kernels, int8 model: {results['int8_kernels']}"]
+    lines += [f"onnxruntime kernels, dense fp32 model: {results['fp32_kernels']}"]
+    if results["accuracy"]:
+        lines += ["", "| variant | test accuracy |", "| --- | ---: |"]
+        lines += [f"| {k} | {100 * v:.2f}% |" for k, v in results["accuracy"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
