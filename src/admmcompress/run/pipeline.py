@@ -9,11 +9,13 @@ continues a killed run and finishes with bit-identical weights on the same machi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -206,13 +208,20 @@ class Pipeline:
     def _restore(self, ckpt: dict[str, Any]) -> None:
         path = self.out / CHECKPOINT
         check_structure(ckpt, path, len(self.steps))
-        try:
+        with self._fitting_checkpoint("it does not fit this run's model and config"):
             self._restore_checked(ckpt)
+
+    @contextlib.contextmanager
+    def _fitting_checkpoint(self, why: str) -> Iterator[None]:
+        """A checkpoint that loaded safely but does not fit what restores it: whatever the
+        restoring code raises becomes one ``CheckpointError`` saying ``why``."""
+        try:
+            yield
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             raise CheckpointError(
-                f"checkpoint {path} cannot be resumed: {type(e).__name__}: "
-                f"{str(e).strip()[:300]}. It does not fit this run's model and config; start "
-                "the run again in another --out folder"
+                f"checkpoint {self.out / CHECKPOINT} cannot be resumed: {why} "
+                f"({type(e).__name__}: {str(e).strip()[:300]}); start the run again in "
+                "another --out folder"
             ) from None
 
     def _restore_checked(self, ckpt: dict[str, Any]) -> None:
@@ -294,14 +303,8 @@ class Pipeline:
         if ckpt is not None and ckpt.get("optimizer") is not None:
             changed = self._changed_in_phase(name)
             fresh = any(k.startswith(("optimizer.", "scheduler.")) for k in changed)
-            try:
+            with self._fitting_checkpoint(f"the state of its {name} phase does not fit"):
                 phase.restore(ckpt, s.epoch, keep_optimizer=not fresh)
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-                raise CheckpointError(
-                    f"checkpoint {self.out / CHECKPOINT} cannot be resumed: the state of its "
-                    f"{name} phase does not fit ({type(e).__name__}: {str(e).strip()[:300]}); "
-                    "start the run again in another --out folder"
-                ) from None
             if fresh:  # the new settings: the optimizer and its schedule start again
                 phase.fast_forward(s.epoch)
                 log.info("%s: optimizer and schedule restarted with the new settings", name)
