@@ -53,8 +53,10 @@ class Phase:
         if keep_optimizer:
             check_optimizer_state(ckpt["optimizer"], self.optimizer)
             self.optimizer.load_state_dict(ckpt["optimizer"])
+            # checked even where a restarted schedule will not use it: a damaged
+            # checkpoint is refused whatever epoch the run was stopped at
+            check_like(ckpt["scheduler"], self.scheduler.state_dict(), "scheduler")
             if not (self.restart and epoch % self.period == 0):
-                check_like(ckpt["scheduler"], self.scheduler.state_dict(), "scheduler")
                 self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.admm is not None:
             self.admm.load_state_dict(ckpt["admm"])
