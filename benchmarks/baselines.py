@@ -2,11 +2,16 @@
 
     python benchmarks/baselines.py --model lenet300 --rates 20 40 65 --epochs 24
     python benchmarks/baselines.py --model lenet5 --rates 100 200 300 --epochs 30
+    python benchmarks/baselines.py --model resnet20_cifar --rates 4 8 16 --epochs 12 \
+        --init weights/resnet20_cifar10_dense.safetensors --data-dir ../shared/datasets
 
 Every method starts from the same dense model (trained once, ``--pretrain`` epochs), splits
-each rate over the layers the same way (global magnitude), uses the same optimizer (Adam, lr
-1e-3, cosine decay within each phase) and spends exactly ``--epochs`` training epochs after
-pretraining. All run through the same pipeline, so only the method differs:
+each rate over the layers the same way (global magnitude), uses the same optimizer (LeNets:
+Adam, lr 1e-3; ResNet-20: SGD with momentum, lr 0.01, weight decay 5e-4; cosine decay within
+each phase) and spends exactly ``--epochs`` training epochs after pretraining. ``--init``
+starts from given dense weights instead of training them (ResNet-20: the shipped reference
+model); CIFAR runs use the standard augmentation and the recipes' bf16 + channels_last. All
+run through the same pipeline, so only the method differs:
 
 - one-shot magnitude: prune to the rate at once (projection, no ADMM), retrain all epochs;
 - iterative magnitude (Han et al. 2015): ``--cycles`` prune-retrain cycles at geometrically
@@ -16,7 +21,7 @@ pretraining. All run through the same pipeline, so only the method differs:
   retraining 1/3 of its share.
 
 Writes benchmarks/results/baselines_<model>.json and .md, and a plot of test accuracy
-against pruning rate for every method (baselines_<model>.png).
+against pruning rate for every method (baselines_<model>.png; ``--name`` to rename).
 """
 
 from __future__ import annotations
@@ -34,7 +39,25 @@ from admmcompress.recipe.schema import validate_config
 from admmcompress.run.pipeline import Pipeline
 from common import RESULTS, write_results
 
-OPT = {"optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "cosine"}}
+ADAM = {"optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "cosine"}}
+SGD = {
+    "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5.0e-4},
+    "scheduler": {"name": "cosine"},
+}
+#: per model: its data set, batch, augmentation, runtime and optimizer
+SETUPS: dict[str, dict[str, Any]] = {
+    "lenet300": {"data": {"dataset": "mnist", "batch_size": 64}, "runtime": {}, "opt": ADAM},
+    "lenet5": {"data": {"dataset": "mnist", "batch_size": 64}, "runtime": {}, "opt": ADAM},
+    "resnet20_cifar": {
+        "data": {
+            "dataset": "cifar10",
+            "batch_size": 128,
+            "augment": {"shift": 4, "hflip": True, "pad": "black"},
+        },
+        "runtime": {"precision": "bf16", "channels_last": True},
+        "opt": SGD,
+    },
+}
 METHODS = ("one-shot magnitude", "iterative magnitude", "one-step ADMM", "progressive ADMM")
 
 
@@ -48,93 +71,139 @@ def _rates(rate: float, cycles: int) -> list[float]:
     return [round(rate ** ((i + 1) / cycles), 2) for i in range(cycles)]
 
 
-def _step(rate: float, admm_epochs: int, retrain_epochs: int, name: str) -> dict[str, Any]:
-    admm = {"epochs": admm_epochs, "period": 1, "rho": 0.005, "rho_growth": 1.4, **OPT}
+def _step(
+    rate: float, admm_epochs: int, retrain_epochs: int, name: str, opt: dict[str, Any]
+) -> dict[str, Any]:
+    admm = {"epochs": admm_epochs, "period": 1, "rho": 0.005, "rho_growth": 1.4, **opt}
     return {
         "name": name,
         "target": {"rate": rate, "allocation": "global_magnitude"},
         "admm": admm,
-        "retrain": {"epochs": retrain_epochs, **OPT},
+        "retrain": {"epochs": retrain_epochs, **opt},
     }
 
 
-def method_steps(method: str, rate: float, epochs: int, cycles: int) -> list[dict[str, Any]]:
+def method_steps(
+    method: str, rate: float, epochs: int, cycles: int, opt: dict[str, Any] = ADAM
+) -> list[dict[str, Any]]:
     if method == "one-shot magnitude":
-        return [_step(rate, 0, epochs, "oneshot")]
+        return [_step(rate, 0, epochs, "oneshot", opt)]
     if method == "iterative magnitude":
         return [
-            _step(r, 0, e, f"cycle{i + 1}")
+            _step(r, 0, e, f"cycle{i + 1}", opt)
             for i, (r, e) in enumerate(
                 zip(_rates(rate, cycles), _split(epochs, cycles), strict=True)
             )
         ]
     if method == "one-step ADMM":
         admm = round(epochs * 2 / 3)
-        return [_step(rate, admm, epochs - admm, "admm")]
+        return [_step(rate, admm, epochs - admm, "admm", opt)]
     if method == "progressive ADMM":
         steps = []
         for i, (r, e) in enumerate(zip(_rates(rate, cycles), _split(epochs, cycles), strict=True)):
             admm = max(1, round(e * 2 / 3))
-            steps.append(_step(r, admm, e - admm, f"step{i + 1}"))
+            steps.append(_step(r, admm, e - admm, f"step{i + 1}", opt))
         return steps
     raise ValueError(method)
 
 
 def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    if out.exists():
-        shutil.rmtree(out)
-    return Pipeline(validate_config(cfg), out).run()
+    """Run ``cfg`` in ``out``, or pick it up: a run of the same config that finished is read
+    back and one that was killed resumes bit-exactly, so a benchmark of several hours spread
+    over sessions loses nothing. Any other folder content is replaced."""
+    sidecar = out / "benchmark_config.json"
+    same = sidecar.is_file() and json.loads(sidecar.read_text()) == cfg
+    if same and (out / "report.json").is_file():
+        print(f"  (finished earlier: {out})", flush=True)
+        return json.loads((out / "report.json").read_text())
+    resume = same and (out / "checkpoint.pt").is_file()
+    if not resume:
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        sidecar.write_text(json.dumps(cfg))
+    return Pipeline(validate_config(cfg), out, resume=resume).run()
+
+
+#: a step that keeps everything: the pipeline's way of saving (or evaluating) a dense model
+KEEP_ALL = {
+    "rules": {"*": {"prune": "irregular", "keep": 1.0}},
+    "admm": {"epochs": 0},
+    "retrain": {"epochs": 0},
+}
+
+
+def _train_dense(
+    base: dict[str, Any], epochs: int, opt: dict[str, Any], out: Path
+) -> dict[str, Any]:
+    cfg = {
+        **copy.deepcopy(base),
+        "name": "dense",
+        "pretrain": {"epochs": epochs, **opt},
+        "steps": [KEEP_ALL],
+    }
+    return run(cfg, out)
+
+
+def _evaluate_init(base: dict[str, Any], init: Path, out: Path) -> dict[str, Any]:
+    """The given dense model's test accuracy, measured by the same pipeline."""
+    return run(
+        {**copy.deepcopy(base), "name": "dense", "init": str(init), "steps": [KEEP_ALL]}, out
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default="lenet300", choices=["lenet300", "lenet5"])
+    ap.add_argument("--model", default="lenet300", choices=list(SETUPS))
     ap.add_argument("--rates", type=float, nargs="+", default=[20, 40, 65])
     ap.add_argument("--epochs", type=int, default=24, help="training epochs after pretraining")
     ap.add_argument("--pretrain", type=int, default=6, help="epochs of the shared dense model")
     ap.add_argument("--cycles", type=int, default=3, help="steps of the iterative methods")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--work", type=Path, default=Path("runs/baselines"))
+    ap.add_argument("--init", type=Path, help="dense weights to start from (skips pretraining)")
+    ap.add_argument("--data-dir", type=Path, help="folder holding the data sets")
+    ap.add_argument("--train-subset", type=int, help="train on a subset (smoke runs)")
+    ap.add_argument("--test-subset", type=int, help="evaluate on a subset (smoke runs)")
+    ap.add_argument("--name", help="results/<name>.{json,md,png} (default: baselines_<model>)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
     work = args.work / args.model
+    setup = SETUPS[args.model]
+    opt = setup["opt"]
+    data = dict(setup["data"])
+    if args.data_dir is not None:
+        data["root"] = str(args.data_dir)
+    for key in ("train_subset", "test_subset"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
     base = {
         "seed": 0,
         "model": args.model,
-        "data": {"dataset": "mnist", "batch_size": 64},
-        "runtime": {"progress": False},
+        "data": data,
+        "runtime": {"progress": False, **setup["runtime"]},
     }
     t0 = time.perf_counter()
-    dense_cfg = {
-        **copy.deepcopy(base),
-        "name": "dense",
-        "pretrain": {"epochs": args.pretrain, **OPT},
-        # a step that keeps everything: the pipeline's way of saving a dense model
-        "steps": [
-            {
-                "rules": {"*": {"prune": "irregular", "keep": 1.0}},
-                "admm": {"epochs": 0},
-                "retrain": {"epochs": 0},
-            }
-        ],
-    }
-    dense = run(dense_cfg, work / "dense")
+    if args.init is not None:
+        dense = _evaluate_init(base, args.init, work / "dense")
+        args.pretrain = 0
+    else:
+        dense = _train_dense(base, args.pretrain, opt, work / "dense")
     dense_seconds = time.perf_counter() - t0
-    init = str(work / "dense" / "model.safetensors")
+    init = str(args.init or work / "dense" / "model.safetensors")
     print(f"dense: {dense['final']['test_accuracy']:.4f} ({dense_seconds:.0f} s)", flush=True)
 
     results: list[dict[str, Any]] = []
     for rate in args.rates:
         for method in args.methods:
+            slug = method.replace(" ", "_").replace("-", "_")
             cfg = {
                 **copy.deepcopy(base),
-                "name": f"{method} {rate:g}x",
+                "name": f"{slug}_{rate:g}x",
                 "init": init,
-                "steps": method_steps(method, rate, args.epochs, args.cycles),
+                "steps": method_steps(method, rate, args.epochs, args.cycles, opt),
             }
-            slug = method.replace(" ", "_").replace("-", "_")
-            t0 = time.perf_counter()
             report = run(cfg, work / f"{slug}_{rate:g}")
             epochs = sum(int(p["epochs"]) for st in report["steps"] for p in st["phases"].values())
             row = {
@@ -143,7 +212,7 @@ def main() -> None:
                 "pruning_rate": report["pruning_rate"],
                 "test_accuracy": report["final"]["test_accuracy"],
                 "epochs": epochs,
-                "seconds": time.perf_counter() - t0,
+                "seconds": report["wall_seconds"],  # of every session, if resumed
                 "steps": [
                     {"name": s["name"], "rate": s["pruning_rate"], "accuracy": s["test_accuracy"]}
                     for s in report["steps"]
@@ -157,9 +226,11 @@ def main() -> None:
                 flush=True,
             )
 
+    start = f"from {args.init}" if args.init else f"after {args.pretrain} epochs"
     lines = [
-        f"{args.model} / MNIST. Same dense start ({dense['final']['test_accuracy']:.2%} after "
-        f"{args.pretrain} epochs), same per-layer split (global magnitude), same optimizer, "
+        f"{args.model} / {data['dataset']}. Same dense start "
+        f"({dense['final']['test_accuracy']:.2%}, {start}), same per-layer split "
+        "(global magnitude), same optimizer, "
         f"{args.epochs} training epochs per method after pretraining; test accuracy:",
         "",
         "| rate | " + " | ".join(args.methods) + " |",
@@ -172,7 +243,7 @@ def main() -> None:
             f"**{accs[m]:.2%}**" if accs[m] == best else f"{accs[m]:.2%}" for m in args.methods
         ]
         lines.append(f"| {rate:g}x | " + " | ".join(cells) + " |")
-    name = f"baselines_{args.model}"
+    name = args.name or f"baselines_{args.model}"
     write_results(
         name,
         {
@@ -185,12 +256,16 @@ def main() -> None:
         },
         "\n".join(lines),
     )
-    _plot(results, args, dense["final"]["test_accuracy"], RESULTS / f"{name}.png")
+    _plot(results, args, dense["final"]["test_accuracy"], data["dataset"], RESULTS / f"{name}.png")
     print(json.dumps({"written": str(RESULTS / name)}))
 
 
 def _plot(
-    results: list[dict[str, Any]], args: argparse.Namespace, dense: float, path: Path
+    results: list[dict[str, Any]],
+    args: argparse.Namespace,
+    dense: float,
+    dataset: str,
+    path: Path,
 ) -> None:
     import matplotlib
 
@@ -213,7 +288,7 @@ def _plot(
     ax.set(
         xlabel="pruning rate (log scale)",
         ylabel="test accuracy (%)",
-        title=f"{args.model} / MNIST, {args.epochs} epochs per method",
+        title=f"{args.model} / {dataset}, {args.epochs} epochs per method",
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
