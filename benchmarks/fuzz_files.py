@@ -41,7 +41,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from typing import Any
 import torch
 import yaml
 
+from admmcompress.formats.admmz import pack_container, split_container
 from common import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,9 +181,8 @@ def flip_bytes(data: bytes, rng: random.Random) -> tuple[bytes, str]:
 
 def mutate_admmz(blob: bytes, rng: random.Random) -> tuple[bytes, str]:
     """A header field or payload bytes changed, CRC-32 repaired (mostly)."""
-    magic, version, hlen = struct.unpack_from("<8sII", blob)
-    header = json.loads(zlib.decompress(blob[16 : 16 + hlen]))
-    payload = blob[16 + hlen : -4]
+    version, raw, payload = split_container(blob)
+    header = json.loads(raw)
     roll = rng.random()
     if roll < 0.65:
         header, what = mutate_tree(header, rng, HOSTILE)
@@ -196,9 +195,7 @@ def mutate_admmz(blob: bytes, rng: random.Random) -> tuple[bytes, str]:
     else:
         damaged, what = flip_bytes(blob, rng)
         return damaged, "raw (unrepaired): " + what
-    packed = zlib.compress(json.dumps(header).encode())
-    body = struct.pack("<8sII", magic, version, len(packed)) + packed + payload
-    return body + struct.pack("<I", zlib.crc32(body)), what
+    return pack_container(json.dumps(header).encode(), payload, version), what
 
 
 def _decode_metadata(meta: dict[str, str]) -> dict[str, Any]:

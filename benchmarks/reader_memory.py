@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-import zlib
 from pathlib import Path
 
 import torch
@@ -40,7 +39,7 @@ import yaml
 from safetensors.torch import save_file
 
 from admmcompress import create_model
-from admmcompress.formats.admmz import save_admmz
+from admmcompress.formats.admmz import pack_container, save_admmz, split_container
 from admmcompress.formats.safetensors_model import MODEL_FORMAT, save_model
 from common import write_results
 
@@ -70,12 +69,10 @@ def _peak(argv: list[str]) -> tuple[int, float, str]:
 
 
 def _with_header(blob: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
-    magic, version, hlen = struct.unpack_from("<8sII", blob)
-    header = json.loads(zlib.decompress(blob[16 : 16 + hlen]))
+    version, raw, payload = split_container(blob)
+    header = json.loads(raw)
     edit(header)
-    packed = zlib.compress(json.dumps(header).encode())
-    body = struct.pack("<8sII", magic, version, len(packed)) + packed + blob[16 + hlen : -4]
-    return body + struct.pack("<I", zlib.crc32(body))
+    return pack_container(json.dumps(header).encode(), payload, version)
 
 
 def _deflate(src: Path, dst: Path) -> None:

@@ -1,4 +1,5 @@
-"""What several test modules share: the repository's paths, CLI runs, kills, run comparison."""
+"""What several test modules share: the repository's paths, CLI runs, kills, run comparison,
+crafted model files."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from admmcompress.cli import main
+from admmcompress.formats.admmz import pack_container, split_container
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "data"
@@ -105,3 +109,12 @@ TWO_STEPS = {
         },
     ],
 }
+
+
+def with_admmz_header(blob: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """The ``.admmz`` file ``blob`` after ``edit`` changed its decoded header (a dict), its
+    checksum repaired: lets a test reach the checks behind the checksum."""
+    version, raw, payload = split_container(blob)
+    header = json.loads(raw)
+    edit(header)
+    return pack_container(json.dumps(header).encode(), payload, version)

@@ -21,7 +21,13 @@ import admmcompress
 from admmcompress.cli import main
 from admmcompress.constraints import fit_binary, fit_ternary, fit_uniform
 from admmcompress.formats import admmz
-from admmcompress.formats.admmz import ModelFormatError, read_admmz, save_admmz
+from admmcompress.formats.admmz import (
+    ModelFormatError,
+    pack_container,
+    read_admmz,
+    save_admmz,
+    split_container,
+)
 from admmcompress.formats.encoding import (
     QuantSpec,
     decode_pattern,
@@ -32,7 +38,7 @@ from admmcompress.formats.encoding import (
 )
 from admmcompress.formats.export import export
 from admmcompress.models import create_model, register_model
-from helpers import DATA_DIR, REPO
+from helpers import DATA_DIR, REPO, with_admmz_header
 
 
 def _bits(t: Tensor) -> Tensor:
@@ -347,16 +353,6 @@ def _reseal(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def _with_header(blob: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
-    """Re-pack ``blob`` after ``edit`` changed its decoded header (a dict), checksum fixed."""
-    magic, version, hlen = struct.unpack_from("<8sII", blob)
-    header = json.loads(zlib.decompress(blob[16 : 16 + hlen]))
-    edit(header)
-    packed = zlib.compress(json.dumps(header).encode())
-    payload = blob[16 + hlen : -4]
-    return _reseal(struct.pack("<8sII", magic, version, len(packed)) + packed + payload)
-
-
 def _refused(tmp_path: Path, blob: bytes, words: str) -> None:
     with pytest.raises(ModelFormatError) as info:
         read_admmz(_write(tmp_path, blob))
@@ -384,57 +380,55 @@ def test_absurd_declared_sizes_are_refused_without_allocating(
     def huge_model(h: dict) -> None:
         h["model_args"] = {"num_classes": 10**12}
 
-    _refused(tmp_path, _with_header(good_file, huge_model), "over the limit")
+    _refused(tmp_path, with_admmz_header(good_file, huge_model), "over the limit")
 
     def huge_shape(h: dict) -> None:
         h["tensors"][0]["shape"] = [2**40, 2**40]
 
-    _refused(tmp_path, _with_header(good_file, huge_shape), "conv1.weight declared")
+    _refused(tmp_path, with_admmz_header(good_file, huge_shape), "conv1.weight declared")
 
     def far_section(h: dict) -> None:
         h["tensors"][0]["values"]["section"]["offset"] = 2**62
 
-    _refused(tmp_path, _with_header(good_file, far_section), "outside the payload")
+    _refused(tmp_path, with_admmz_header(good_file, far_section), "outside the payload")
 
     def too_many(h: dict) -> None:
         h["tensors"][6]["pattern"]["nnz"] = 10**9
 
-    _refused(tmp_path, _with_header(good_file, too_many), "non-zeros declared")
+    _refused(tmp_path, with_admmz_header(good_file, too_many), "non-zeros declared")
 
     def header_lies(h: dict) -> None:
         h["payload_bytes"] += 1
 
-    _refused(tmp_path, _with_header(good_file, header_lies), "payload bytes")
+    _refused(tmp_path, with_admmz_header(good_file, header_lies), "payload bytes")
 
     def bad_kind(h: dict) -> None:
         h["tensors"][0]["pattern"]["kind"] = "zip"
 
-    _refused(tmp_path, _with_header(good_file, bad_kind), "invalid header at tensors.0.pattern")
+    _refused(
+        tmp_path, with_admmz_header(good_file, bad_kind), "invalid header at tensors.0.pattern"
+    )
 
     def unknown_model(h: dict) -> None:
         h["model"] = "resnet9000"
 
-    _refused(tmp_path, _with_header(good_file, unknown_model), "cannot build model")
+    _refused(tmp_path, with_admmz_header(good_file, unknown_model), "cannot build model")
 
     def enormous_number(h: dict) -> None:
         h["payload_bytes"] = 0
 
-    blob = _with_header(good_file, enormous_number)
-    magic, version, hlen = struct.unpack_from("<8sII", blob)
-    text = zlib.decompress(blob[16 : 16 + hlen]).replace(
-        b'"payload_bytes": 0', b'"payload_bytes": ' + b"9" * 5000
-    )
+    version, text, payload = split_container(with_admmz_header(good_file, enormous_number))
+    text = text.replace(b'"payload_bytes": 0', b'"payload_bytes": ' + b"9" * 5000)
     assert b"9" * 5000 in text
-    packed = zlib.compress(text)
-    huge = _reseal(
-        struct.pack("<8sII", magic, version, len(packed)) + packed + blob[16 + hlen : -4]
-    )
+    huge = pack_container(text, payload, version)
     _refused(tmp_path, huge, "header cannot be decoded")
 
     def bad_input_shape(h: dict) -> None:
         h["input_shape"] = [-1, 28, 28]
 
-    _refused(tmp_path, _with_header(good_file, bad_input_shape), "invalid header at input_shape")
+    _refused(
+        tmp_path, with_admmz_header(good_file, bad_input_shape), "invalid header at input_shape"
+    )
 
     hlen = struct.unpack_from("<I", good_file, 12)[0]
     claims_more = good_file[:12] + struct.pack("<I", 2**31) + good_file[16:]
@@ -446,8 +440,7 @@ def test_a_header_that_inflates_without_end_is_refused(
     tmp_path: Path, good_file: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(admmz, "MAX_HEADER_BYTES", 1 << 16)
-    bomb = zlib.compress(b" " * (1 << 20))
-    blob = _reseal(struct.pack("<8sII", admmz.MAGIC, 1, len(bomb)) + bomb)
+    blob = pack_container(b" " * (1 << 20), b"", 1)  # inflates 1 MB from a few KB
     _refused(tmp_path, blob, "larger than the limit")
 
 
@@ -499,7 +492,7 @@ def test_fuzzed_headers_are_refused_cleanly(
             key = data.draw(st.sampled_from(sorted(t[part])))
             t[part][key] = data.draw(junk)
 
-    blob = _with_header(good_file, edit)
+    blob = with_admmz_header(good_file, edit)
     path = tmp_path_factory.mktemp("fuzzh") / "f.admmz"
     path.write_bytes(blob)
     with contextlib.suppress(ModelFormatError):

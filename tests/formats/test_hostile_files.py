@@ -4,11 +4,9 @@ declared sizes before checking them on the meta device, and refuses with one mes
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import textwrap
-import zlib
 from pathlib import Path
 
 import pytest
@@ -28,20 +26,7 @@ from admmcompress.formats.admmz import (
 )
 from admmcompress.formats.safetensors_model import MODEL_FORMAT, save_model
 from admmcompress.models import registry as model_registry
-
-
-def _reseal(body: bytes) -> bytes:
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
-def _with_header(blob: bytes, edit) -> bytes:  # type: ignore[no-untyped-def]
-    magic, version, hlen = struct.unpack_from("<8sII", blob)
-    header = json.loads(zlib.decompress(blob[16 : 16 + hlen]))
-    edit(header)
-    packed = zlib.compress(json.dumps(header).encode())
-    return _reseal(
-        struct.pack("<8sII", magic, version, len(packed)) + packed + blob[16 + hlen : -4]
-    )
+from helpers import with_admmz_header
 
 
 def _lenet300_file(tmp_path: Path, empty: bool = False) -> bytes:
@@ -93,7 +78,7 @@ def test_a_tiny_file_declaring_a_large_empty_model_is_refused_cheaply(tmp_path: 
             if t["name"] == "fc1.weight":
                 t["shape"] = [300, 60_000]  # 18M weights, none stored
 
-    blob = _with_header(_lenet300_file(tmp_path, empty=True), inflate)
+    blob = with_admmz_header(_lenet300_file(tmp_path, empty=True), inflate)
     assert len(blob) < 4000
     path = tmp_path / "bomb.admmz"
     path.write_bytes(blob)
@@ -129,7 +114,7 @@ def test_inspect_decodes_tensor_by_tensor_without_building_the_model(tmp_path: P
 )
 def test_absurd_declarations_are_refused(tmp_path: Path, edit, words: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "x.admmz"
-    path.write_bytes(_with_header(_lenet300_file(tmp_path), edit))
+    path.write_bytes(with_admmz_header(_lenet300_file(tmp_path), edit))
     with pytest.raises(ModelFormatError, match=words):
         read_admmz(path)
 

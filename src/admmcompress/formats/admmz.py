@@ -386,12 +386,27 @@ def save_admmz(
             del t["pattern"]["n"]
         if t["dtype"] is None:
             del t["dtype"]
-    raw_header = json.dumps(dumped, separators=(",", ":")).encode()
-    packed = zlib.compress(raw_header, 9)
-    body = _FIXED.pack(MAGIC, FORMAT_VERSION, len(packed)) + packed + bytes(payload)
-    blob = body + _CRC.pack(zlib.crc32(body))
+    blob = pack_container(json.dumps(dumped, separators=(",", ":")).encode(), bytes(payload))
     atomic_write(path, lambda tmp: tmp.write_bytes(blob))
     return FileSummary(header, len(blob), len(blob) - len(payload))
+
+
+# -- the container: magic, version, compressed header, payload, checksum ----------------------
+def pack_container(header_json: bytes, payload: bytes, version: int = FORMAT_VERSION) -> bytes:
+    """A file's bytes: magic, version and header length, the zlib-compressed header JSON,
+    the payload, and the CRC-32 of everything before it."""
+    packed = zlib.compress(header_json, 9)
+    body = _FIXED.pack(MAGIC, version, len(packed)) + packed + payload
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def split_container(blob: bytes) -> tuple[int, bytes, bytes]:
+    """(version, header JSON, payload) of a file's bytes, unchecked: for tools that rewrite
+    files they made (tests, fuzzers). Untrusted files go through ``read_header``, which
+    bounds the header's inflation and checks everything."""
+    _, version, hlen = _FIXED.unpack_from(blob)
+    header = zlib.decompress(blob[_FIXED.size : _FIXED.size + hlen])
+    return version, header, blob[_FIXED.size + hlen : -_CRC.size]
 
 
 # -- reading --------------------------------------------------------------------------------
