@@ -3,7 +3,7 @@ against filter-pruned compact ones and an int8 model, in PyTorch eager, ``torch.
 and onnxruntime; one and two threads, batch 1 and 64.
 
     python benchmarks/deploy_speed.py                    # random weights: speed and sizes
-    python benchmarks/deploy_speed.py --init runs/resnet20_dense/model.safetensors
+    python benchmarks/deploy_speed.py --init weights/resnet20_cifar10_dense.safetensors
         # trained weights: also the test accuracy of every variant (int8's loss with it)
 
 Variants (speed does not depend on the values of the weights, only on the shapes):
@@ -42,9 +42,8 @@ from torch import nn
 from admmcompress import ADMM, Uniform, create_model, load
 from admmcompress.formats.admmz import save_admmz
 from admmcompress.formats.encoding import QuantSpec
-from admmcompress.structure.compact import compact_model
 from common import write_results
-from flops import conv_rules, count_flops, keep_for
+from flops import count_flops, filter_prune, keep_for
 
 SHAPE = (3, 32, 32)
 #: a compact variant's resized layers, which its .admmz records to rebuild it
@@ -61,8 +60,7 @@ def _variants(init: Path | None) -> dict[str, nn.Module]:
         m = load(init) if init else create_model("resnet20_cifar")
         if not init:
             m.load_state_dict(dense.state_dict())
-        ADMM(m, conv_rules(m, keep)).harden()
-        result = compact_model(m.eval(), torch.zeros(1, *SHAPE))
+        result = filter_prune(m, keep, SHAPE)
         RESIZED[f"compact {target:g}x fewer FLOPs"] = result.sizes
         out[f"compact {target:g}x fewer FLOPs"] = result.model.eval()
     return out
