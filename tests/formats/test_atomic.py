@@ -24,3 +24,11 @@ def test_a_written_file_gets_the_users_usual_mode_not_a_private_one(
     mode = stat.S_IMODE((tmp_path / "report.md").stat().st_mode)
     assert mode == 0o666 & ~umask
     assert (tmp_path / "report.md").read_text() == "hello"
+
+
+def test_an_overwritten_file_keeps_the_mode_its_owner_gave_it(tmp_path: Path) -> None:
+    path = tmp_path / "model.safetensors"
+    atomic_write_text(path, "first")
+    path.chmod(0o600)  # the user made it private
+    atomic_write_text(path, "second")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == "second"

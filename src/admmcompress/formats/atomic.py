@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +26,27 @@ def _no_space(e: BaseException) -> bool:
 
 
 def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it is to set it
+    """The process's umask, read without changing it where the OS allows (setting it to read
+    it would briefly give any file another thread creates meanwhile the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it
     os.umask(mask)
     return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """An existing file keeps its mode (a user's chmod 600 stays); a new one gets the mode
+    any new file of this user gets (0644 under the usual umask), not mkstemp's private 0600."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -38,12 +57,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    # mkstemp makes the file private (0600); a model, report or plot gets the mode any new
-    # file of this user gets (0644 under the usual umask), so others can read what is shared
-    os.fchmod(fd, 0o666 & ~_umask())
-    os.close(fd)
     tmp = Path(tmp_name)
     try:
+        try:
+            os.fchmod(fd, _new_file_mode(path))
+        finally:
+            os.close(fd)
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
