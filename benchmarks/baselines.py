@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import shutil
@@ -107,12 +108,19 @@ def method_steps(
     raise ValueError(method)
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run ``cfg`` in ``out``, or pick it up: a run of the same config that finished is read
     back and one that was killed resumes bit-exactly, so a benchmark of several hours spread
     over sessions loses nothing. Any other folder content is replaced."""
     sidecar = out / "benchmark_config.json"
-    same = sidecar.is_file() and json.loads(sidecar.read_text()) == cfg
+    # the starting weights by content: a dense model trained again (or a new shipped file)
+    # under the same path must not pass for the old one
+    key = {**cfg, "init_sha256": _sha256(Path(cfg["init"])) if cfg.get("init") else None}
+    same = sidecar.is_file() and json.loads(sidecar.read_text()) == key
     if same and (out / "report.json").is_file():
         print(f"  (finished earlier: {out})", flush=True)
         return json.loads((out / "report.json").read_text())
@@ -121,7 +129,7 @@ def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        sidecar.write_text(json.dumps(cfg))
+        sidecar.write_text(json.dumps(key))
     return Pipeline(validate_config(cfg), out, resume=resume).run()
 
 
