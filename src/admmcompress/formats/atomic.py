@@ -59,12 +59,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
     try:
-        try:
-            os.fchmod(fd, _new_file_mode(path))
-        finally:
-            os.close(fd)
+        os.close(fd)
+        mode = _new_file_mode(path)
         write(tmp)
         with open(tmp, "rb+") as f:
+            # after the writer: some (safetensors) replace the file they are given
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
