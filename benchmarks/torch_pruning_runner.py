@@ -2,8 +2,8 @@
 pruning of a dense CIFAR model to a FLOPs target, with its iterative schedule and its
 recommended importance, fine-tuned with the same loop, data and epochs as our runs.
 
-    python benchmarks/torch_pruning_runner.py --init runs/resnet20_dense/model.safetensors \\
-        --target 2.0 --epochs 80 --name tp_resnet20_2x
+    python benchmarks/torch_pruning_runner.py --init weights/resnet20_cifar10_dense.safetensors \\
+        --target 2.0 --epochs 32 --bf16 --name tp_resnet20_2x
     python benchmarks/torch_pruning_runner.py --init ... --smoke   # a minute on 512 images
 
 What runs: ``tp.pruner.MetaPruner`` with ``tp.importance.GroupMagnitudeImportance(p=2)``

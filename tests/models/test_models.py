@@ -282,6 +282,12 @@ def test_corrupt_safetensors(tmp_path: Path) -> None:
         ("vgg16_cifar10_prune.yaml", "vgg16_cifar", 14),
         ("vgg16_cifar10_binary.yaml", "vgg16_cifar", 12),
         ("resnet20_cifar10_filter.yaml", "resnet20_cifar", 21),
+        ("resnet20_cifar10_filter_2x.yaml", "resnet20_cifar", 21),
+        ("resnet20_cifar10_filter_3x.yaml", "resnet20_cifar", 21),
+        ("resnet20_cifar10_4bit.yaml", "resnet20_cifar", 22),  # every conv and the classifier
+        ("resnet20_cifar10_ternary.yaml", "resnet20_cifar", 22),
+        ("resnet20_cifar10_ternary_8bit_ends.yaml", "resnet20_cifar", 22),
+        ("resnet20_cifar10_dense.yaml", "resnet20_cifar", 22),
     ],
 )
 def test_cifar_configs_validate(file: str, model: str, layers: int) -> None:

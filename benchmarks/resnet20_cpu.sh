@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Usage: benchmarks/resnet20_cpu.sh [DATA_ROOT]     (about 9 hours on 2 CPU threads, alone)
+# Every ResNet-20 / CIFAR-10 experiment of issue 17 after the dense reference model, one after
+# the other (two trainings at once slow each other several-fold on 2 cores). Each starts from
+# the shipped weights/resnet20_cifar10_dense.safetensors. Stop it at any time and start it
+# again: finished runs are kept, killed ones resume bit-exactly (the Torch-Pruning runner,
+# which has no checkpoints, starts its run again).
+#   quantized (4-bit, ternary, ternary with 8-bit ends)       3 x 24 epochs
+#   filter pruning at 2x and 3x fewer FLOPs, ours and Torch-Pruning's    4 x 32 epochs
+#   irregular 4x/8x/16x: one-shot and iterative magnitude, one-step and progressive ADMM,
+#   12 epochs each (benchmarks/baselines.py)                             12 x 12 epochs
+#   deployment speed and accuracy with the trained weights (benchmarks/deploy_speed.py)
+set -euo pipefail
+D=$(realpath "${1:-$(dirname "$0")/../../shared/datasets}")  # the data root that holds CIFAR10/
+cd "$(dirname "$0")/.."
+W=weights/resnet20_cifar10_dense.safetensors
+# Finished runs are only kept while the weights they started from are the same file.
+mkdir -p runs
+stamp=runs/resnet20_cpu.weights.sha256
+now=$(sha256sum "$W" | cut -d" " -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$now" ]; then
+  echo "$W changed since the runs in runs/ were made: remove runs/resnet20_* (except" \
+    "runs/resnet20_dense), runs/baselines/resnet20_cifar, benchmarks/results/tp_resnet20_*" \
+    "and $stamp, then start again" >&2
+  exit 2
+fi
+echo "$now" > "$stamp"
+A=.venv/bin/admmcompress
+PY=$(realpath .venv/bin/python)
+
+run() {  # CONFIG OUT: run a recipe, or resume it, or skip it when it finished
+  if [ -f "$2/report.json" ]; then echo "finished earlier: $2"; return; fi
+  local resume=""
+  [ -f "$2/checkpoint.pt" ] && resume="--resume"
+  echo "$(date -u +%FT%TZ) $1 -> $2 $resume"
+  $A run "$1" --out "$2" --data-dir "$D" --no-progress $resume
+}
+
+tp() {  # TARGET NAME: Torch-Pruning at TARGET times fewer FLOPs, 32 fine-tuning epochs
+  if [ -f "benchmarks/results/$2.json" ]; then echo "finished earlier: $2"; return; fi
+  echo "$(date -u +%FT%TZ) Torch-Pruning ${1}x -> benchmarks/results/$2"
+  (cd benchmarks && $PY torch_pruning_runner.py --init "../$W" --target "$1" --epochs 32 \
+    --bf16 --name "$2" --data-dir "$D")
+}
+
+for v in 4bit ternary ternary_8bit_ends; do
+  run configs/resnet20_cifar10_$v.yaml runs/resnet20_$v
+done
+for t in 2x 3x; do
+  run configs/resnet20_cifar10_filter_$t.yaml runs/resnet20_filter_$t
+  [ -f runs/resnet20_filter_$t/model_compact.admmz ] || $A export runs/resnet20_filter_$t --compact
+  tp "${t%x}" tp_resnet20_$t
+done
+(cd benchmarks && $PY baselines.py --model resnet20_cifar --rates 4 8 16 --epochs 12 \
+  --init "../$W" --data-dir "$D" --work ../runs/baselines)
+(cd benchmarks && $PY deploy_speed.py --init "../$W" --data-dir "$D")
