@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 import shutil
@@ -38,7 +37,7 @@ from typing import Any
 
 from admmcompress.recipe.schema import validate_config
 from admmcompress.run.pipeline import Pipeline
-from common import RESULTS, write_results
+from common import RESULTS, file_sha256, write_results
 
 ADAM = {"optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "cosine"}}
 SGD = {
@@ -108,10 +107,6 @@ def method_steps(
     raise ValueError(method)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run ``cfg`` in ``out``, or pick it up: a run of the same config that finished is read
     back and one that was killed resumes bit-exactly, so a benchmark of several hours spread
@@ -119,7 +114,7 @@ def run(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     sidecar = out / "benchmark_config.json"
     # the starting weights by content: a dense model trained again (or a new shipped file)
     # under the same path must not pass for the old one
-    key = {**cfg, "init_sha256": _sha256(Path(cfg["init"])) if cfg.get("init") else None}
+    key = {**cfg, "init_sha256": file_sha256(Path(cfg["init"])) if cfg.get("init") else None}
     same = sidecar.is_file() and json.loads(sidecar.read_text()) == key
     if same and (out / "report.json").is_file():
         print(f"  (finished earlier: {out})", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -42,3 +43,12 @@ def write_results(name: str, data: dict[str, Any], table: str) -> None:
     )
     (RESULTS / f"{name}.md").write_text(header + table + "\n")
     print(header + table)
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in blocks: names a file by its content (weights, results)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 23), b""):
+            h.update(block)
+    return h.hexdigest()

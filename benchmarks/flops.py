@@ -24,8 +24,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from admmcompress import ADMM, Filter, create_model
 from admmcompress.models import registry as model_registry
+from admmcompress.run.coupling import ChannelStructure
 from admmcompress.structure.compact import CompactResult, compact_model
-from admmcompress.structure.groups import batchnorm_masks, channel_groups, coupled_layer_sets
+from admmcompress.structure.groups import batchnorm_masks
 
 
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
@@ -48,22 +49,21 @@ def filter_prune(model: nn.Module, keep: float, input_shape: tuple[int, ...]) ->
     """``model`` filter-pruned by magnitude at ``keep`` as the recipes prune it, then compacted
     (``.model``: the narrower network, ``.sizes``: its resized layers).
 
-    As in a run: the layers that write the same residual channels (stem, a stage's conv2s
-    and projection) lose the same filters (``coupled_layer_sets``, one joint projection) and
-    the BatchNorm entries of a removed channel are zeroed, so ``compact_model`` can drop it
-    everywhere. Without the coupling each writer picks its own filters, the residual sums
-    keep nearly every channel, and FLOPs fall about k times instead of about k^2.
+    As in a run (the pipeline's own ``ChannelStructure``): the layers that write the same
+    residual channels (stem, a stage's conv2s and projection) lose the same filters (one
+    joint projection) and the BatchNorm entries of a removed channel are zeroed, so
+    ``compact_model`` can drop it everywhere. Without the coupling each writer picks its
+    own filters, the residual sums keep nearly every channel, and FLOPs fall about k times
+    instead of about k^2.
     """
-    example = torch.zeros(1, *input_shape)
     rules = conv_rules(model, keep)
-    groups = channel_groups(model, example)
-    sets, _ = coupled_layer_sets(model, groups, {n: "filter" for n in rules})
-    masks = ADMM(model, rules, couple=sets).harden()
+    structure = ChannelStructure(model, input_shape, torch.device("cpu"))  # a run's own
+    masks = ADMM(model, rules, couple=structure.coupled_sets(rules)).harden()
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for key, kept in batchnorm_masks(model, groups, masks).items():
+        for key, kept in batchnorm_masks(model, structure.groups(rules), masks).items():
             params[key].masked_fill_(~kept, 0.0)
-    return compact_model(model.eval(), example)
+    return compact_model(model.eval(), torch.zeros(1, *input_shape))
 
 
 def pruned_flops(name: str, keep: float, seed: int = 0) -> tuple[int, int]:

@@ -11,7 +11,6 @@ tensors, and ``init: weights/<name>.safetensors`` starts a run from them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -20,12 +19,9 @@ import yaml
 
 from admmcompress import load, save
 from admmcompress.models import registry as model_registry
+from common import file_sha256
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def main() -> None:
@@ -73,7 +69,7 @@ def main() -> None:
         "config": config,
         "file": target.name,
         "bytes": target.stat().st_size,
-        "sha256": sha256(target),
+        "sha256": file_sha256(target),
     }
     (args.out / f"{args.name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
     print(json.dumps({k: sidecar[k] for k in ("file", "bytes", "test_accuracy", "sha256")}))
