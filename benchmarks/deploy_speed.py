@@ -11,6 +11,10 @@ Variants (speed does not depend on the values of the weights, only on the shapes
 - dense: ``resnet20_cifar`` as trained (fp32);
 - compact 2x / 3x fewer FLOPs: every conv filter-pruned by magnitude at the keep ratio
   ``flops.keep_for`` finds, the coupled residual groups together, then ``compact_model``;
+- compact 2x (16-channel widths): the same, but every width a whole number of onnxruntime's
+  16-channel blocks (``aligned_rules``: 16, 16 and 32 channels in the three stages);
+- ``--trained LABEL=FILE``: trained compressed models (ours as ``.admmz``, Torch-Pruning's
+  as the runner's ``.pt``), timed like the others and evaluated in PyTorch and onnxruntime;
 - int8: the dense weights projected onto an 8-bit symmetric per-channel grid (what ADMM's
   ``quantize: {bits: 8, per_channel: true}`` ends on), exported to ONNX and quantized by
   onnxruntime's ``quantize_static`` (QDQ format, per-channel weights, activation scales
@@ -39,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from admmcompress import ADMM, Uniform, create_model, load
+from admmcompress import ADMM, Filter, Uniform, create_model, load
 from admmcompress.formats.admmz import save_admmz
 from admmcompress.formats.encoding import QuantSpec
 from common import write_results
@@ -50,20 +54,53 @@ SHAPE = (3, 32, 32)
 RESIZED: dict[str, dict[str, dict[str, int]]] = {}
 
 
-def _variants(init: Path | None) -> dict[str, nn.Module]:
+def aligned_rules(model: nn.Module, block: int = 16) -> dict[str, Filter]:
+    """Filter pruning to widths in whole blocks of ``block`` channels, 2.06x fewer FLOPs: the
+    first stage as it is (16 channels, one block already), the second and third stages'
+    residual widths halved (32 -> 16, 64 -> 32) and the third stage's inner widths (its
+    blocks' first convs) at a quarter (64 -> 16). onnxruntime's fp32 convolutions on this CPU
+    compute in blocks of 16 channels (its NCHWc layout on AVX-512) and pad a narrower layer
+    up to the next block, so the uniform keep 0.711 (widths 11, 23, 46) saves little there.
+    """
+    rules = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and name.startswith(("layer2", "layer3")):
+            inner = name.startswith("layer3") and name.endswith("conv1")
+            count = m.out_channels // (4 if inner else 2)
+            assert count % block == 0, (name, count)
+            rules[name] = Filter(count=count)
+    return rules
+
+
+def _variants(init: Path | None, trained: dict[str, Path]) -> dict[str, nn.Module]:
     torch.manual_seed(0)
     dense = load(init) if init else create_model("resnet20_cifar")
     dense.eval()
     out = {"dense": dense}
+    keeps: dict[str, float | None] = {"2x": None, "3x": None, "2x aligned": None}
     for target in (2.0, 3.0):
-        keep, _ = keep_for("resnet20_cifar", target)
+        keeps[f"{target:g}x"], _ = keep_for("resnet20_cifar", target)
+    for label, keep in keeps.items():
         m = load(init) if init else create_model("resnet20_cifar")
         if not init:
             m.load_state_dict(dense.state_dict())
-        result = filter_prune(m, keep, SHAPE)
-        RESIZED[f"compact {target:g}x fewer FLOPs"] = result.sizes
-        out[f"compact {target:g}x fewer FLOPs"] = result.model.eval()
+        rules = aligned_rules(m) if keep is None else keep
+        result = filter_prune(m, rules, SHAPE)
+        name = f"compact {label}{' (16-channel widths)' if keep is None else ''}"
+        RESIZED[name] = result.sizes
+        out[name] = result.model.eval()
+    for label, path in trained.items():
+        out[label] = _load_trained(path).eval()
     return out
+
+
+def _load_trained(path: Path) -> nn.Module:
+    """A trained compressed model: one of our files (``.admmz``, compact or not), or a whole
+    pickled module (``.pt``, as the Torch-Pruning runner writes: its architecture is not the
+    registry's). Only open ``.pt`` files you made: unpickling runs code."""
+    if path.suffix == ".pt":
+        return torch.load(path, weights_only=False, map_location="cpu")
+    return load(path)
 
 
 def _onnx(model: nn.Module, path: Path) -> Path:
@@ -188,6 +225,15 @@ def main() -> None:
     ap.add_argument("--block-ms", type=float, default=300.0)
     ap.add_argument("--calibration", type=int, default=512)
     ap.add_argument("--skip-compile", action="store_true")
+    ap.add_argument(
+        "--trained",
+        nargs="+",
+        default=[],
+        metavar="LABEL=FILE",
+        help="trained compressed models to time and evaluate beside the others, e.g. "
+        "'ours 2x=runs/resnet20_filter_2x/model_compact.admmz' "
+        "'Torch-Pruning 2x=benchmarks/results/tp_resnet20_2x.pt'",
+    )
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "data"))
     args = ap.parse_args()
     torch.set_flush_denormal(True)
@@ -198,7 +244,13 @@ def main() -> None:
     calib = data.train.subset(args.calibration, seed=1).x.numpy().astype(np.float32)
     test_x = data.test.x.numpy().astype(np.float32)
     test_y = data.test.y.numpy()
-    models = _variants(args.init)
+    trained = {}
+    for item in args.trained:
+        label, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--trained wants LABEL=FILE with an existing file, got {item!r}")
+        trained[label] = Path(path)
+    models = _variants(args.init, trained)
     flops = {k: count_flops(m, SHAPE) for k, m in models.items()}
     results: dict = {"flops": flops, "sizes": {}, "timings": [], "accuracy": {}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,6 +266,9 @@ def main() -> None:
             if isinstance(m, nn.Conv2d | nn.Linear)
         }
         for k, m in {**models, "8-bit grid": grid}.items():
+            if k in trained:  # its own file, as trained (a Torch-Pruning .pt is a pickle)
+                results["sizes"][f"{k} ({trained[k].suffix})"] = trained[k].stat().st_size
+                continue
             p = work / "m.admmz"
             save_admmz(
                 p,
@@ -227,15 +282,21 @@ def main() -> None:
             results["sizes"][f"{k} (.admmz)"] = p.stat().st_size
         for k, p in onnx_paths.items():
             results["sizes"][f"{k} (ONNX)"] = p.stat().st_size
-        if args.init:  # the compact variants are not fine-tuned here: no accuracy for them
-            for k, m in {"dense": models["dense"], "8-bit grid (PyTorch)": grid}.items():
-                results["accuracy"][k] = _accuracy(
-                    lambda x, m=m: m(torch.from_numpy(x)).detach().numpy(), test_x, test_y
+        if args.init:  # the magnitude-pruned compact variants are not fine-tuned: no accuracy
+            evaluated = {"dense": models["dense"], "8-bit grid": grid}
+            evaluated.update({k: models[k] for k in trained})
+            for k, m in evaluated.items():
+                with torch.inference_mode():
+                    results["accuracy"][f"{k} (PyTorch)"] = _accuracy(
+                        lambda x, m=m: m(torch.from_numpy(x)).numpy(), test_x, test_y
+                    )
+            in_onnx = {k: onnx_paths[k] for k in ["dense", *trained]}
+            in_onnx["int8 (8-bit grid, QDQ)"] = int8_path
+            for k, path in in_onnx.items():
+                sess = _session(path, 2)
+                results["accuracy"][f"{k} (onnxruntime)"] = _accuracy(
+                    lambda x, sess=sess: sess.run(None, {"x": x})[0], test_x, test_y
                 )
-            sess = _session(int8_path, 2)
-            results["accuracy"]["int8 (8-bit grid, QDQ)"] = _accuracy(
-                lambda x: sess.run(None, {"x": x})[0], test_x, test_y
-            )
         for threads in args.threads:
             torch.set_num_threads(threads)
             compiled = {}
@@ -273,7 +334,11 @@ def main() -> None:
                     )
                 print(f"threads {threads}, batch {batch}: done", flush=True)
     rows = _table(results)
-    write_results("deploy_speed", {"init": str(args.init) if args.init else None, **results}, rows)
+    record = {
+        "init": str(args.init) if args.init else None,
+        "trained": {k: str(v) for k, v in trained.items()},
+    }
+    write_results("deploy_speed", {**record, **results}, rows)
 
 
 def _table(results: dict) -> str:

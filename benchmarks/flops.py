@@ -45,9 +45,12 @@ def conv_rules(model: nn.Module, keep: float) -> dict[str, Filter]:
     return {n: Filter(keep=keep) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def filter_prune(model: nn.Module, keep: float, input_shape: tuple[int, ...]) -> CompactResult:
-    """``model`` filter-pruned by magnitude at ``keep`` as the recipes prune it, then compacted
-    (``.model``: the narrower network, ``.sizes``: its resized layers).
+def filter_prune(
+    model: nn.Module, keep: float | dict[str, Filter], input_shape: tuple[int, ...]
+) -> CompactResult:
+    """``model`` filter-pruned by magnitude at ``keep`` (one ratio for every convolution, or
+    one rule per layer) as the recipes prune it, then compacted (``.model``: the narrower
+    network, ``.sizes``: its resized layers).
 
     As in a run (the pipeline's own ``ChannelStructure``): the layers that write the same
     residual channels (stem, a stage's conv2s and projection) lose the same filters (one
@@ -56,7 +59,7 @@ def filter_prune(model: nn.Module, keep: float, input_shape: tuple[int, ...]) ->
     own filters, the residual sums keep nearly every channel, and FLOPs fall about k times
     instead of about k^2.
     """
-    rules = conv_rules(model, keep)
+    rules = conv_rules(model, keep) if isinstance(keep, float) else keep
     structure = ChannelStructure(model, input_shape, torch.device("cpu"))  # a run's own
     masks = ADMM(model, rules, couple=structure.coupled_sets(rules)).harden()
     params = dict(model.named_parameters())

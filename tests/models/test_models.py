@@ -284,6 +284,7 @@ def test_corrupt_safetensors(tmp_path: Path) -> None:
         ("resnet20_cifar10_filter.yaml", "resnet20_cifar", 21),
         ("resnet20_cifar10_filter_2x.yaml", "resnet20_cifar", 21),
         ("resnet20_cifar10_filter_3x.yaml", "resnet20_cifar", 21),
+        ("resnet20_cifar10_filter_2x_aligned.yaml", "resnet20_cifar", 14),  # stages 2 and 3
         ("resnet20_cifar10_4bit.yaml", "resnet20_cifar", 22),  # every conv and the classifier
         ("resnet20_cifar10_ternary.yaml", "resnet20_cifar", 22),
         ("resnet20_cifar10_ternary_8bit_ends.yaml", "resnet20_cifar", 22),

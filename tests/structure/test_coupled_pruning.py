@@ -156,6 +156,40 @@ def test_resnet20_recipe_prunes_whole_residual_channels_and_compacts_exactly() -
         torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
 
 
+def test_resnet20_aligned_recipe_compacts_to_16_channel_widths_with_2x_fewer_flops() -> None:
+    """configs/resnet20_cifar10_filter_2x_aligned.yaml: every width of the compact model is a
+    whole number of onnxruntime's 16-channel blocks, and it has at least 2x fewer FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(m: nn.Module) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            m.eval()(x[:1])
+        return int(counter.get_total_flops())
+
+    torch.manual_seed(0)
+    model = create_model("resnet20_cifar")
+    x = torch.randn(2, 3, 32, 32)
+    dense = flops(model)
+    cfg = load_config(REPO / "configs" / "resnet20_cifar10_filter_2x_aligned.yaml")
+    constraints = layer_constraints(model, cfg)
+    groups = channel_groups(model, x[:1])
+    sets, _ = coupled_layer_sets(model, groups, {n: "filter" for n in constraints})
+    masks = ADMM(model, constraints, couple=sets).harden()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, keep in batchnorm_masks(model, groups, masks).items():
+            params[key].masked_fill_(~keep, 0.0)
+    small = compact_model(model.eval(), x[:1]).model
+    convs = {n: m for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}
+    assert all(m.out_channels % 16 == 0 for m in convs.values())
+    assert all(m.in_channels % 16 == 0 for n, m in convs.items() if n != "conv1")
+    assert convs["layer2.2.conv2"].out_channels == 16 and convs["layer3.1.conv1"].out_channels == 16
+    assert convs["layer3.2.conv2"].out_channels == 32 and small.fc.in_features == 32
+    assert dense / flops(small) >= 2.0
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=1e-5)
+
+
 class TinyResNet(nn.Module):
     """conv -> BN -> ReLU, one residual block, pool, linear: the smallest coupled group."""
 
