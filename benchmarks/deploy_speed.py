@@ -300,6 +300,9 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             compiled = {}
+            # every variant is the same Python class with other shapes: dynamo's default of
+            # 8 recompilations per function would run the later ones in eager mode unnoticed
+            torch._dynamo.config.recompile_limit = 64
             if not args.skip_compile:
                 for k, m in models.items():
                     compiled[k] = torch.compile(m)
