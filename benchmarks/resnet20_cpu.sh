@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: benchmarks/resnet20_cpu.sh [DATA_ROOT]     (about 9 hours on 2 CPU threads, alone)
+# Usage: [THREADS=1] benchmarks/resnet20_cpu.sh [DATA_ROOT]   (about 9 hours on 2 CPU threads, alone)
 # Every ResNet-20 / CIFAR-10 experiment of issue 17 after the dense reference model, one after
 # the other (two trainings at once slow each other several-fold on 2 cores). Each starts from
 # the shipped weights/resnet20_cifar10_dense.safetensors. Stop it at any time and start it
@@ -7,6 +7,7 @@
 # which has no checkpoints, starts its run again).
 #   quantized (4-bit, ternary, ternary with 8-bit ends)       3 x 24 epochs
 #   filter pruning at 2x and 3x fewer FLOPs, ours and Torch-Pruning's    4 x 32 epochs
+#   Torch-Pruning at 2x in one round, ours at 2x with 16-channel widths   2 x 32 epochs
 #   irregular 4x/8x/16x: one-shot and iterative magnitude, one-step and progressive ADMM,
 #   12 epochs each (benchmarks/baselines.py)                             12 x 12 epochs
 #   deployment speed and accuracy with the trained weights (benchmarks/deploy_speed.py)
@@ -33,14 +34,17 @@ run() {  # CONFIG OUT: run a recipe, or resume it, or skip it when it finished
   local resume=""
   [ -f "$2/checkpoint.pt" ] && resume="--resume"
   echo "$(date -u +%FT%TZ) $1 -> $2 $resume"
-  $A run "$1" --out "$2" --data-dir "$D" --no-progress $resume
+  # THREADS=1: every run on one thread. A run resumes only with the THREADS it started with
+  # (runtime.threads is part of its config): the filter 2x, 4-bit and ternary runs of
+  # 2026-12-01 ran on one thread each, two side by side (started by hand)
+  $A run "$1" --out "$2" --data-dir "$D" --no-progress $resume ${THREADS:+--set runtime.threads=$THREADS}
 }
 
-tp() {  # TARGET NAME: Torch-Pruning at TARGET times fewer FLOPs, 32 fine-tuning epochs
+tp() {  # TARGET NAME [ARGS]: Torch-Pruning at TARGET times fewer FLOPs, 32 fine-tuning epochs
   if [ -f "benchmarks/results/$2.json" ]; then echo "finished earlier: $2"; return; fi
   echo "$(date -u +%FT%TZ) Torch-Pruning ${1}x -> benchmarks/results/$2"
   (cd benchmarks && $PY torch_pruning_runner.py --init "../$W" --target "$1" --epochs 32 \
-    --bf16 --name "$2" --data-dir "$D")
+    --bf16 --name "$2" --data-dir "$D" --threads "${THREADS:-2}" "${@:3}")
 }
 
 for v in 4bit ternary ternary_8bit_ends; do
@@ -51,6 +55,15 @@ for t in 2x 3x; do
   [ -f runs/resnet20_filter_$t/model_compact.admmz ] || $A export runs/resnet20_filter_$t --compact
   tp "${t%x}" tp_resnet20_$t
 done
+tp 2 tp_resnet20_2x_1round --rounds 1   # prune to 2x at once, then fine-tune all 32 epochs
+run configs/resnet20_cifar10_filter_2x_aligned.yaml runs/resnet20_filter_2x_aligned
+[ -f runs/resnet20_filter_2x_aligned/model_compact.admmz ] ||
+  $A export runs/resnet20_filter_2x_aligned --compact
 (cd benchmarks && $PY baselines.py --model resnet20_cifar --rates 4 8 16 --epochs 12 \
   --init "../$W" --data-dir "$D" --work ../runs/baselines)
-(cd benchmarks && $PY deploy_speed.py --init "../$W" --data-dir "$D")
+(cd benchmarks && $PY deploy_speed.py --init "../$W" --data-dir "$D" --trained \
+  "ours 2x (trained)=../runs/resnet20_filter_2x/model_compact.admmz" \
+  "ours 2x aligned (trained)=../runs/resnet20_filter_2x_aligned/model_compact.admmz" \
+  "ours 3x (trained)=../runs/resnet20_filter_3x/model_compact.admmz" \
+  "Torch-Pruning 2x (trained)=results/tp_resnet20_2x.pt" \
+  "Torch-Pruning 3x (trained)=results/tp_resnet20_3x.pt")
