@@ -12,7 +12,8 @@ Variants (speed does not depend on the values of the weights, only on the shapes
 - compact 2x / 3x fewer FLOPs: every conv filter-pruned by magnitude at the keep ratio
   ``flops.keep_for`` finds, the coupled residual groups together, then ``compact_model``;
 - compact 2x (16-channel widths): the same, but every width a whole number of onnxruntime's
-  16-channel blocks (``aligned_rules``: 16, 16 and 32 channels in the three stages);
+  16-channel blocks: the rules of ``configs/resnet20_cifar10_filter_2x_aligned.yaml`` (16, 16
+  and 32 channels in the three stages);
 - ``--trained LABEL=FILE``: trained compressed models (ours as ``.admmz``, Torch-Pruning's
   as the runner's ``.pt``), timed like the others and evaluated in PyTorch and onnxruntime;
 - int8: the dense weights projected onto an 8-bit symmetric per-channel grid (what ADMM's
@@ -43,9 +44,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from admmcompress import ADMM, Filter, Uniform, create_model, load
+from admmcompress import ADMM, Uniform, create_model, load
+from admmcompress.constraints.base import Constraint
 from admmcompress.formats.admmz import save_admmz
 from admmcompress.formats.encoding import QuantSpec
+from admmcompress.recipe.planning import layer_constraints
+from admmcompress.recipe.schema import load_config
 from common import write_results
 from flops import count_flops, filter_prune, keep_for
 
@@ -54,22 +58,8 @@ SHAPE = (3, 32, 32)
 RESIZED: dict[str, dict[str, dict[str, int]]] = {}
 
 
-def aligned_rules(model: nn.Module, block: int = 16) -> dict[str, Filter]:
-    """Filter pruning to widths in whole blocks of ``block`` channels, 2.06x fewer FLOPs: the
-    first stage as it is (16 channels, one block already), the second and third stages'
-    residual widths halved (32 -> 16, 64 -> 32) and the third stage's inner widths (its
-    blocks' first convs) at a quarter (64 -> 16). onnxruntime's fp32 convolutions on this CPU
-    compute in blocks of 16 channels (its NCHWc layout on AVX-512) and pad a narrower layer
-    up to the next block, so the uniform keep 0.711 (widths 11, 23, 46) saves little there.
-    """
-    rules = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d) and name.startswith(("layer2", "layer3")):
-            inner = name.startswith("layer3") and name.endswith("conv1")
-            count = m.out_channels // (4 if inner else 2)
-            assert count % block == 0, (name, count)
-            rules[name] = Filter(count=count)
-    return rules
+#: the recipe whose widths are whole 16-channel blocks (16, 16, 32 in the three stages)
+ALIGNED = Path(__file__).resolve().parent.parent / "configs/resnet20_cifar10_filter_2x_aligned.yaml"
 
 
 def _variants(init: Path | None, trained: dict[str, Path]) -> dict[str, nn.Module]:
@@ -77,16 +67,16 @@ def _variants(init: Path | None, trained: dict[str, Path]) -> dict[str, nn.Modul
     dense = load(init) if init else create_model("resnet20_cifar")
     dense.eval()
     out = {"dense": dense}
-    keeps: dict[str, float | None] = {"2x": None, "3x": None, "2x aligned": None}
-    for target in (2.0, 3.0):
-        keeps[f"{target:g}x"], _ = keep_for("resnet20_cifar", target)
-    for label, keep in keeps.items():
+    rules: dict[str, float | dict[str, Constraint]] = {
+        f"compact {t:g}x": keep_for("resnet20_cifar", t)[0] for t in (2.0, 3.0)
+    }
+    # the aligned recipe's own rules, so the timed shape is the one it trains
+    rules["compact 2x aligned (16-channel widths)"] = layer_constraints(dense, load_config(ALIGNED))
+    for name, keep in rules.items():
         m = load(init) if init else create_model("resnet20_cifar")
         if not init:
             m.load_state_dict(dense.state_dict())
-        rules = aligned_rules(m) if keep is None else keep
-        result = filter_prune(m, rules, SHAPE)
-        name = f"compact {label}{' (16-channel widths)' if keep is None else ''}"
+        result = filter_prune(m, keep, SHAPE)
         RESIZED[name] = result.sizes
         out[name] = result.model.eval()
     for label, path in trained.items():
@@ -297,12 +287,12 @@ def main() -> None:
                 results["accuracy"][f"{k} (onnxruntime)"] = _accuracy(
                     lambda x, sess=sess: sess.run(None, {"x": x})[0], test_x, test_y
                 )
+        # every variant is the same Python class with other shapes: dynamo's default of 8
+        # recompilations per function would run the later ones in eager mode unnoticed
+        torch._dynamo.config.recompile_limit = 64
         for threads in args.threads:
             torch.set_num_threads(threads)
             compiled = {}
-            # every variant is the same Python class with other shapes: dynamo's default of
-            # 8 recompilations per function would run the later ones in eager mode unnoticed
-            torch._dynamo.config.recompile_limit = 64
             if not args.skip_compile:
                 for k, m in models.items():
                     compiled[k] = torch.compile(m)

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from admmcompress import ADMM, Filter, create_model
+from admmcompress.constraints.base import Constraint
 from admmcompress.models import registry as model_registry
 from admmcompress.run.coupling import ChannelStructure
 from admmcompress.structure.compact import CompactResult, compact_model
@@ -46,7 +47,7 @@ def conv_rules(model: nn.Module, keep: float) -> dict[str, Filter]:
 
 
 def filter_prune(
-    model: nn.Module, keep: float | dict[str, Filter], input_shape: tuple[int, ...]
+    model: nn.Module, keep: float | dict[str, Constraint], input_shape: tuple[int, ...]
 ) -> CompactResult:
     """``model`` filter-pruned by magnitude at ``keep`` (one ratio for every convolution, or
     one rule per layer) as the recipes prune it, then compacted (``.model``: the narrower
