@@ -270,6 +270,37 @@ def test_eval_run_folder_without_model(capsys: pytest.CaptureFixture[str], tmp_p
     assert str(folder / "model.safetensors") in err
 
 
+def _lenet5_admmz(path: Path) -> Path:
+    """A LeNet-5 .admmz saved by a user's own code: it names no data set."""
+    from admmcompress import create_model
+    from admmcompress.formats.admmz import save_admmz
+
+    torch.manual_seed(0)
+    save_admmz(path, create_model("lenet5"), model_name="lenet5", model_args={})
+    return path
+
+
+def test_eval_asks_for_the_data_set_a_file_does_not_name(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = _lenet5_admmz(tmp_path / "mine.admmz")
+    code, _, err = run_cli(capsys, "eval", path)
+    assert_user_error(code, err)
+    assert str(path) in err and "--dataset" in err
+    assert "mnist" in err and "cifar10" in err  # the names it can take
+
+
+def test_eval_takes_the_data_set_from_the_run_folder(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = _lenet5_admmz(tmp_path / "run" / "mine.admmz")
+    # a data set the machine lacks: the error names it, so it was the one chosen
+    (path.parent / "config.yaml").write_text("data: {dataset: fashion_mnist}\n")
+    code, _, err = run_cli(capsys, "eval", path, "--data-dir", tmp_path / "empty")
+    assert_user_error(code, err)
+    assert "FashionMNIST" in err or "fashion" in err.lower(), err
+
+
 @pytest.mark.parametrize(
     "content", [random.Random(1).randbytes(300), b""], ids=["random-bytes", "empty"]
 )

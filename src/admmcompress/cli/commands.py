@@ -58,8 +58,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_data_root(model_file: Path) -> str | None:
-    """The data root of the run a model file belongs to (its folder's config.yaml), if any."""
+def _run_data_setting(model_file: Path, key: str) -> str | None:
+    """``data.<key>`` of the run a model file belongs to (its folder's config.yaml), if any."""
     import yaml
 
     config = model_file.parent / "config.yaml"
@@ -68,8 +68,26 @@ def _run_data_root(model_file: Path) -> str | None:
     except (OSError, yaml.YAMLError):
         return None
     data = raw.get("data") if isinstance(raw, dict) else None
-    root = data.get("root") if isinstance(data, dict) else None
-    return root if isinstance(root, str) and root else None
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _eval_dataset(args: argparse.Namespace, metadata: dict[str, str], path: Path) -> str:
+    """The data set to evaluate on: --dataset, else the one the file or its run folder names.
+
+    A file saved by a user's own code may name none; guessing one (it used to be MNIST) turns
+    into a confusing shape error or, worse, a number on the wrong data, so it is asked for.
+    """
+    from ..data import available_datasets
+
+    named = args.dataset or metadata.get("dataset", "").strip('"')
+    named = named or _run_data_setting(path, "dataset")
+    if not named:
+        raise ValueError(
+            f"{path} does not say which data set it was trained on; name one with --dataset "
+            f"(one of: {', '.join(available_datasets())})"
+        )
+    return named
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -94,12 +112,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
     # an .admmz has no masks: its zeros are the pattern itself, every weight is counted
     pruned = set(masks) if mf.format != "admmz" else set(params)
-    dataset = args.dataset or mf.metadata.get("dataset", "").strip('"') or "mnist"
+    dataset = _eval_dataset(args, mf.metadata, mf.path)
     entry = dataset_entry(dataset)
     options = {k: mf.meta(k) for k in entry.option_names() if k in mf.metadata}
     if "image_size" in entry.option_names() and mf.input_shape:  # crop as the run evaluated
         options["image_size"] = mf.input_shape[-1]
-    root = resolve_data_root(args.data_dir, _run_data_root(mf.path))
+    root = resolve_data_root(args.data_dir, _run_data_setting(mf.path, "root"))
     data = load_dataset(dataset, root, **options)
     what = f"model {mf.model_name!r} ({mf.path}) and data set {dataset!r}"
     check_fits(model, tuple(data.input_shape), data.num_classes, what)
