@@ -169,6 +169,14 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, help="train on a subset (smoke runs)")
     ap.add_argument("--test-subset", type=int, help="evaluate on a subset (smoke runs)")
     ap.add_argument("--name", help="results/<name>.{json,md,png} (default: baselines_<model>)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of every run (default: the recipe default). Two processes of one "
+        "thread each, given different --methods and the same --work, share the two cores "
+        "better than one of two threads; a last call with all methods then reads every "
+        "finished run back and writes the one table and plot",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -187,6 +195,8 @@ def main() -> None:
         "data": data,
         "runtime": {"progress": False, **setup["runtime"]},
     }
+    if args.threads is not None:
+        base["runtime"]["threads"] = args.threads
     t0 = time.perf_counter()
     if args.init is not None:
         dense = _evaluate_init(base, args.init, work / "dense")

@@ -9,7 +9,7 @@
 #   filter pruning at 2x and 3x fewer FLOPs, ours and Torch-Pruning's    4 x 32 epochs
 #   Torch-Pruning at 2x in one round, ours at 2x with 16-channel widths   2 x 32 epochs
 #   irregular 4x/8x/16x: one-shot and iterative magnitude, one-step and progressive ADMM,
-#   12 epochs each (benchmarks/baselines.py)                             12 x 12 epochs
+#   12 epochs each, 2 steps for the iterative ones (benchmarks/baselines.py)  12 x 12 epochs
 #   deployment speed and accuracy with the trained weights (benchmarks/deploy_speed.py)
 set -euo pipefail
 D=$(realpath "${1:-$(dirname "$0")/../../shared/datasets}")  # the data root that holds CIFAR10/
@@ -59,8 +59,10 @@ tp 2 tp_resnet20_2x_1round --rounds 1   # prune to 2x at once, then fine-tune al
 run configs/resnet20_cifar10_filter_2x_aligned.yaml runs/resnet20_filter_2x_aligned
 [ -f runs/resnet20_filter_2x_aligned/model_compact.admmz ] ||
   $A export runs/resnet20_filter_2x_aligned --compact
-(cd benchmarks && $PY baselines.py --model resnet20_cifar --rates 4 8 16 --epochs 12 \
-  --init "../$W" --data-dir "$D" --work ../runs/baselines)
+# EPOCHS_IRREGULAR=4: the budget of the 2026-12-02 table (BENCHMARKS.md), for lack of time
+(cd benchmarks && $PY baselines.py --model resnet20_cifar --rates 4 8 16 \
+  --epochs "${EPOCHS_IRREGULAR:-12}" --cycles 2 --init "../$W" --data-dir "$D" \
+  --work ../runs/baselines ${THREADS:+--threads $THREADS})
 (cd benchmarks && $PY deploy_speed.py --init "../$W" --data-dir "$D" --trained \
   "ours 2x (trained)=../runs/resnet20_filter_2x/model_compact.admmz" \
   "ours 2x aligned (trained)=../runs/resnet20_filter_2x_aligned/model_compact.admmz" \
