@@ -59,7 +59,7 @@ tp 2 tp_resnet20_2x_1round --rounds 1   # prune to 2x at once, then fine-tune al
 run configs/resnet20_cifar10_filter_2x_aligned.yaml runs/resnet20_filter_2x_aligned
 [ -f runs/resnet20_filter_2x_aligned/model_compact.admmz ] ||
   $A export runs/resnet20_filter_2x_aligned --compact
-# EPOCHS_IRREGULAR=4: the budget of the 2026-12-02 table (BENCHMARKS.md), for lack of time
+# EPOCHS_IRREGULAR=3: the budget of the 2026-12-02 table (BENCHMARKS.md), for lack of time
 (cd benchmarks && $PY baselines.py --model resnet20_cifar --rates 4 8 16 \
   --epochs "${EPOCHS_IRREGULAR:-12}" --cycles 2 --init "../$W" --data-dir "$D" \
   --work ../runs/baselines ${THREADS:+--threads $THREADS})
