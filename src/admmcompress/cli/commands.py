@@ -58,21 +58,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_data_setting(model_file: Path, key: str) -> str | None:
-    """``data.<key>`` of the run a model file belongs to (its folder's config.yaml), if any."""
+def _run_data_section(model_file: Path) -> dict[str, object]:
+    """The ``data:`` section of the run a model file belongs to (its folder's config.yaml)."""
     import yaml
 
     config = model_file.parent / "config.yaml"
     try:
         raw = yaml.safe_load(config.read_text()) if config.is_file() else None
     except (OSError, yaml.YAMLError):
-        return None
+        return {}
     data = raw.get("data") if isinstance(raw, dict) else None
-    value = data.get(key) if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _text(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _eval_dataset(args: argparse.Namespace, metadata: dict[str, str], path: Path) -> str:
+def _eval_dataset(
+    args: argparse.Namespace, path: Path, metadata: dict[str, str], run_data: dict
+) -> str:
     """The data set to evaluate on: --dataset, else the one the file or its run folder names.
 
     A file saved by a user's own code may name none; guessing one (it used to be MNIST) turns
@@ -81,11 +86,11 @@ def _eval_dataset(args: argparse.Namespace, metadata: dict[str, str], path: Path
     from ..data import available_datasets
 
     named = args.dataset or metadata.get("dataset", "").strip('"')
-    named = named or _run_data_setting(path, "dataset")
+    named = named or _text(run_data.get("dataset"))
     if not named:
         raise ValueError(
-            f"{path} does not say which data set it was trained on; name one with --dataset "
-            f"(one of: {', '.join(available_datasets())})"
+            f"{path} does not say which data set it was trained on; name one with "
+            f"--dataset (one of: {', '.join(available_datasets())})"
         )
     return named
 
@@ -112,12 +117,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError("model fails its mask check:\n  - " + "\n  - ".join(problems))
     # an .admmz has no masks: its zeros are the pattern itself, every weight is counted
     pruned = set(masks) if mf.format != "admmz" else set(params)
-    dataset = _eval_dataset(args, mf.metadata, mf.path)
+    run_data = _run_data_section(mf.path)
+    dataset = _eval_dataset(args, mf.path, mf.metadata, run_data)
     entry = dataset_entry(dataset)
     options = {k: mf.meta(k) for k in entry.option_names() if k in mf.metadata}
     if "image_size" in entry.option_names() and mf.input_shape:  # crop as the run evaluated
         options["image_size"] = mf.input_shape[-1]
-    root = resolve_data_root(args.data_dir, _run_data_setting(mf.path, "root"))
+    root = resolve_data_root(args.data_dir, _text(run_data.get("root")))
     data = load_dataset(dataset, root, **options)
     what = f"model {mf.model_name!r} ({mf.path}) and data set {dataset!r}"
     check_fits(model, tuple(data.input_shape), data.num_classes, what)
