@@ -30,6 +30,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -170,6 +171,11 @@ def _evaluate_init(base: dict[str, Any], init: Path, out: Path) -> dict[str, Any
     )
 
 
+def _threads(results: list[dict[str, Any]]) -> str:
+    counts = sorted({int(r["threads"]) for r in results})
+    return " or ".join(str(c) for c in counts) + (" thread" if counts == [1] else " threads")
+
+
 def _rho(text: str) -> float | str:
     if text == "auto":
         return text
@@ -267,6 +273,9 @@ def main() -> None:
                 "test_accuracy": report["final"]["test_accuracy"],
                 "epochs": epochs,
                 "seconds": report["wall_seconds"],  # of every session, if resumed
+                # the run's own threads (None: all cores), not this call's: a table read
+                # back from runs of two one-thread processes must say they had one each
+                "threads": report["config"]["runtime"].get("threads") or os.cpu_count(),
                 "steps": [
                     {"name": s["name"], "rate": s["pruning_rate"], "accuracy": s["test_accuracy"]}
                     for s in report["steps"]
@@ -287,7 +296,7 @@ def main() -> None:
         "(global magnitude), same optimizer, "
         f"{args.epochs} training epochs per method after pretraining; the ADMM methods' "
         f"penalty rho starts at {args.rho} and grows {args.rho_growth}x per epoch (a Z-step "
-        "every epoch); test accuracy:",
+        f"every epoch); each run on {_threads(results)}; test accuracy:",
         "",
         "| rate | " + " | ".join(args.methods) + " |",
         "| ---: | " + " | ".join("---:" for _ in args.methods) + " |",
