@@ -40,6 +40,10 @@ from helpers import DATA_DIR
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 
+#: lr 0.01: at lr 0.05 with momentum 0.9 this net trains at the edge of stability, where the
+#: rounding of a half-size batch's kernels grows within one ADMM epoch into a different model
+#: (27% of a norm apart on an AMD EPYC, 0.55% on an Intel Xeon); here one and two processes
+#: stay 2.6e-7 apart, so the comparison below can be tight
 CONFIG = {
     "name": "ddp",
     "seed": 0,
@@ -51,14 +55,14 @@ CONFIG = {
         "test_subset": 500,
         "augment": {"shift": 1},
     },
-    "pretrain": {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+    "pretrain": {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}},
     "admm": {
         "epochs": 2,
         "period": 1,
         "rho": 0.01,
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+        "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
     },
-    "retrain": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+    "retrain": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}},
     "rules": {
         "conv1": {"prune": "irregular", "keep": 0.5},
         "conv2": {"prune": "irregular", "keep": 0.1},
@@ -193,14 +197,14 @@ def test_torchrun_two_processes_match_one(ddp_runs: dict[str, Path]) -> None:
     for k in a:
         if k.startswith("__mask__"):
             assert torch.equal(a[k], b[k]), k
-        else:  # the stated tolerance: 1% of each tensor's norm (measured: at most 0.55%)
-            assert float((b[k] - a[k]).norm() / a[k].norm()) < 0.01, k
+        else:  # summation order differs, nothing else (measured: at most 2.6e-7 of a norm)
+            assert float((b[k] - a[k]).norm() / a[k].norm()) < 1e-4, k
     ra = json.loads((ddp_runs["one"] / "report.json").read_text())
     rb = json.loads((ddp_runs["two"] / "report.json").read_text())
     first_a, first_b = ra["history"][0]["train_loss"], rb["history"][0]["train_loss"]
     assert first_b == pytest.approx(first_a, rel=1e-5)  # the pretraining epoch
     for ha, hb in zip(ra["history"], rb["history"], strict=True):
-        assert hb["test_accuracy"] == pytest.approx(ha["test_accuracy"], abs=0.01)
+        assert hb["test_accuracy"] == pytest.approx(ha["test_accuracy"], abs=0.002)  # 1 image
     log = (ddp_runs["two"] / "run.log").read_text()
     assert log.count("admmcompress 0.1.0: run") == 1  # one writer: rank 0
     assert "data parallel over 2 processes (global batch 64)" in log
