@@ -30,11 +30,12 @@ import argparse
 import copy
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from admmcompress.recipe.schema import validate_config
 from admmcompress.run.pipeline import Pipeline
@@ -273,9 +274,10 @@ def main() -> None:
                 "test_accuracy": report["final"]["test_accuracy"],
                 "epochs": epochs,
                 "seconds": report["wall_seconds"],  # of every session, if resumed
-                # the run's own threads (None: all cores), not this call's: a table read
-                # back from runs of two one-thread processes must say they had one each
-                "threads": report["config"]["runtime"].get("threads") or os.cpu_count(),
+                # the run's own threads, not this call's: a table read back from runs of two
+                # one-thread processes must say they had one each. None is torch's default
+                # (physical cores), which no run of this call changed (they share --threads)
+                "threads": report["config"]["runtime"].get("threads") or torch.get_num_threads(),
                 "steps": [
                     {"name": s["name"], "rate": s["pruning_rate"], "accuracy": s["test_accuracy"]}
                     for s in report["steps"]
