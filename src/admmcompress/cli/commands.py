@@ -76,7 +76,7 @@ def _text(value: object) -> str | None:
 
 
 def _eval_dataset(
-    args: argparse.Namespace, path: Path, metadata: dict[str, str], run_data: dict
+    args: argparse.Namespace, path: Path, metadata: dict[str, str], run_data: dict[str, object]
 ) -> str:
     """The data set to evaluate on: --dataset, else the one the file or its run folder names.
 
