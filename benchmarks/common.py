@@ -15,9 +15,21 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else the architecture: speed figures differ
+    between CPU kinds of one architecture (an AMD EPYC has no AMX, an Intel Xeon may)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
     return {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -38,7 +50,7 @@ def write_results(name: str, data: dict[str, Any], table: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     m = data["machine"]
     header = (
-        f"# {name}\n\n{data['date']}, {m['cores']} cores, torch {m['torch']} "
+        f"# {name}\n\n{data['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
         f"({m['torch_threads']} threads), GPU: {m['gpu'] or 'none'}\n\n"
     )
     (RESULTS / f"{name}.md").write_text(header + table + "\n")
