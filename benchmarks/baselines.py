@@ -224,7 +224,18 @@ def main() -> None:
         default=PENALTY["rho_growth"],
         help="rho's factor per epoch (default %(default)s)",
     )
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="run nothing: write one table and plot (--name) from these results files of one "
+        "setup (rates or methods run by separate calls)",
+    )
     args = ap.parse_args()
+    if args.merge:
+        merge(args.merge, args.name or f"baselines_{args.model}")
+        return
     penalty = {**PENALTY, "rho": args.rho, "rho_growth": args.rho_growth}
     logging.basicConfig(level=logging.WARNING)
 
@@ -300,16 +311,8 @@ def main() -> None:
         f"penalty rho starts at {args.rho} and grows {args.rho_growth}x per epoch (a Z-step "
         f"every epoch); each run on {_threads(results)}; test accuracy:",
         "",
-        "| rate | " + " | ".join(args.methods) + " |",
-        "| ---: | " + " | ".join("---:" for _ in args.methods) + " |",
+        *_table(results, args.methods, args.rates),
     ]
-    for rate in args.rates:
-        accs = {r["method"]: r["test_accuracy"] for r in results if r["target_rate"] == rate}
-        best = max(accs.values())
-        cells = [
-            f"**{accs[m]:.2%}**" if accs[m] == best else f"{accs[m]:.2%}" for m in args.methods
-        ]
-        lines.append(f"| {rate:g}x | " + " | ".join(cells) + " |")
     name = args.name or f"baselines_{args.model}"
     write_results(
         name,
@@ -324,16 +327,95 @@ def main() -> None:
         },
         "\n".join(lines),
     )
-    _plot(results, args, dense["final"]["test_accuracy"], data["dataset"], RESULTS / f"{name}.png")
+    _plot(
+        results,
+        args.methods,
+        f"{args.model} / {data['dataset']}, {args.epochs} epochs per method",
+        dense["final"]["test_accuracy"],
+        RESULTS / f"{name}.png",
+    )
+    print(json.dumps({"written": str(RESULTS / name)}))
+
+
+def _table(results: list[dict[str, Any]], methods: list[str], rates: list[float]) -> list[str]:
+    """Markdown rows, one per rate, the best accuracy of each in bold; '-' where a method
+    was not run at that rate."""
+    lines = [
+        "| rate | " + " | ".join(methods) + " |",
+        "| ---: | " + " | ".join("---:" for _ in methods) + " |",
+    ]
+    for rate in rates:
+        accs = {r["method"]: r["test_accuracy"] for r in results if r["target_rate"] == rate}
+        best = max(accs.values(), default=None)
+        cells = [
+            "-" if m not in accs else f"**{accs[m]:.2%}**" if accs[m] == best else f"{accs[m]:.2%}"
+            for m in methods
+        ]
+        lines.append(f"| {rate:g}x | " + " | ".join(cells) + " |")
+    return lines
+
+
+#: what makes results files parts of one experiment: the same setup and the same dense start
+SAME_SETUP = ("model", "epochs", "pretrain_epochs", "cycles", "admm_penalty", "dense_accuracy")
+
+
+def merge(paths: list[Path], name: str) -> None:
+    """One table and plot from results files of the same setup written by separate calls
+    (rates or methods run in different sessions, whose run folders may be gone)."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    first = docs[0]
+    results: list[dict[str, Any]] = []
+    seen: dict[tuple[float, str], Path] = {}
+    for path, doc in zip(paths, docs, strict=True):
+        differ = [k for k in SAME_SETUP if doc.get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(
+                f"{path} differs from {paths[0]} in {', '.join(differ)}: not one experiment"
+            )
+        for row in doc["results"]:
+            cell = (row["target_rate"], row["method"])
+            if cell in seen:
+                raise SystemExit(f"{row['method']} at {cell[0]:g}x is in {seen[cell]} and {path}")
+            seen[cell] = path
+            results.append({**row, "source": path.name})
+    methods = [m for m in METHODS if any(r["method"] == m for r in results)]
+    rates = sorted({r["target_rate"] for r in results})
+    pen = first["admm_penalty"]
+    dataset = SETUPS[first["model"]]["data"]["dataset"]
+    lines = [
+        f"{first['model']} / {dataset}, merged from {len(paths)} results files of one setup "
+        f"(same dense start at {first['dense_accuracy']:.2%}, same per-layer split (global "
+        f"magnitude), same optimizer, {first['epochs']} training epochs per method; the ADMM "
+        f"methods' rho starts at {pen['rho']} and grows {pen['rho_growth']}x per epoch); each "
+        f"run on {_threads(results)}; test accuracy:",
+        "",
+        *_table(results, methods, rates),
+        "",
+        "Sources: "
+        + "; ".join(
+            f"{p.name} ({d['date']}, {d['machine']['cpu']})"
+            for p, d in zip(paths, docs, strict=True)
+        ),
+    ]
+    write_results(
+        name,
+        {
+            **{k: first[k] for k in SAME_SETUP},
+            "merged_from": [
+                {"file": p.name, "date": d["date"], "machine": d["machine"]}
+                for p, d in zip(paths, docs, strict=True)
+            ],
+            "results": results,
+        },
+        "\n".join(lines),
+    )
+    title = f"{first['model']} / {dataset}, {first['epochs']} epochs per method"
+    _plot(results, methods, title, first["dense_accuracy"], RESULTS / f"{name}.png")
     print(json.dumps({"written": str(RESULTS / name)}))
 
 
 def _plot(
-    results: list[dict[str, Any]],
-    args: argparse.Namespace,
-    dense: float,
-    dataset: str,
-    path: Path,
+    results: list[dict[str, Any]], methods: list[str], title: str, dense: float, path: Path
 ) -> None:
     import matplotlib
 
@@ -341,7 +423,7 @@ def _plot(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in args.methods:
+    for method in methods:
         rows = sorted(
             (r for r in results if r["method"] == method), key=lambda r: r["pruning_rate"]
         )
@@ -356,7 +438,7 @@ def _plot(
     ax.set(
         xlabel="pruning rate (log scale)",
         ylabel="test accuracy (%)",
-        title=f"{args.model} / {dataset}, {args.epochs} epochs per method",
+        title=title,
     )
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
