@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -499,3 +500,24 @@ def test_recipe_validates_and_resolves(path: Path) -> None:
     # every rule selects something (layer_constraints raises otherwise) and the
     # config round-trips through its own dump
     assert validate_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_16x_recipe_is_the_benchmarks_one_step_admm_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe and the README quote the one-step ADMM figure of benchmarks/baselines.py
+    at 16x on 12 epochs; this keeps the two one run, down to every field."""
+    monkeypatch.syspath_prepend(str(CONFIGS.parent / "benchmarks"))
+    baselines = importlib.import_module("baselines")
+    setup = baselines.SETUPS["resnet20_cifar"]
+    recipe = load_config(CONFIGS / "resnet20_cifar10_prune_16x.yaml")
+    bench = validate_config(
+        {
+            "name": recipe.name,
+            "seed": 0,
+            "model": "resnet20_cifar",
+            "init": "weights/resnet20_cifar10_dense.safetensors",
+            "data": setup["data"],
+            "runtime": setup["runtime"],
+            "steps": baselines.method_steps("one-step ADMM", 16, 12, 2, setup["opt"]),
+        }
+    )
+    assert recipe == bench
