@@ -6,9 +6,17 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from admmcompress.models import create_model
-from admmcompress.recipe.allocation import ScanPoint, allocate, keep_grid, sensitivity_scan
+from admmcompress.recipe.allocation import (
+    ScanPoint,
+    allocate,
+    keep_grid,
+    lamp_scores,
+    sensitivity_scan,
+)
 
 # ------------------------------------------------------------------------------ allocation
 
@@ -22,7 +30,7 @@ def test_keep_grid_descends_to_the_floor() -> None:
 SIZES = {"a": 1000, "b": 100, "c": 10}
 
 
-@pytest.mark.parametrize("method", ["uniform", "global_magnitude", "sensitivity"])
+@pytest.mark.parametrize("method", ["uniform", "global_magnitude", "lamp", "sensitivity"])
 def test_allocation_meets_the_budget_within_floors_and_ceilings(method: str) -> None:
     g = torch.Generator().manual_seed(0)
     weights = {n: torch.randn(s, generator=g) * (i + 1) for i, (n, s) in enumerate(SIZES.items())}
@@ -44,6 +52,38 @@ def test_global_magnitude_keeps_the_largest_weights() -> None:
     weights = {"a": torch.tensor([5.0, 4.0, 0.1, 0.2]), "b": torch.tensor([3.0, 0.3, 0.01])}
     counts = allocate(3, {"a": 4, "b": 3}, "global_magnitude", min_count=1, weights=weights)
     assert counts == {"a": 2, "b": 1}
+
+
+def test_lamp_scores_by_hand() -> None:
+    # squares 9, 1, 4; each over the sum of the squares at least as large: 9/9, 1/14, 4/13
+    scores = lamp_scores(torch.tensor([3.0, -1.0, 2.0]))
+    assert torch.allclose(scores, torch.tensor([1.0, 1 / 14, 4 / 13]))
+    assert torch.equal(lamp_scores(torch.zeros(2, 2)), torch.zeros(4))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=40),
+    st.floats(1e-3, 1e3),
+)
+def test_lamp_scores_ignore_the_layers_scale(values: list[float], scale: float) -> None:
+    w = torch.tensor(values)
+    scores = lamp_scores(w)
+    assert torch.all((scores >= 0) & (scores <= 1))
+    if bool(w.any()):
+        assert float(scores.max()) == 1.0  # the layer's largest weight
+    assert torch.allclose(lamp_scores(w * scale), scores, rtol=1e-4, atol=1e-6)
+
+
+def test_lamp_does_not_starve_a_layer_of_small_weights() -> None:
+    g = torch.Generator().manual_seed(0)
+    weights = {"big": torch.randn(100, generator=g) * 10, "small": torch.randn(100, generator=g)}
+    weights["small"] *= 0.01
+    sizes = {"big": 100, "small": 100}
+    kept = allocate(50, sizes, "global_magnitude", min_count=2, weights=weights)
+    assert kept == {"big": 48, "small": 2}  # global magnitude leaves the floor
+    kept = allocate(50, sizes, "lamp", min_count=2, weights=weights)
+    assert sum(kept.values()) == 50 and 15 <= kept["small"] <= 35  # same shape: a fair share
 
 
 def test_uniform_uses_one_ratio() -> None:

@@ -37,7 +37,8 @@ def test_merge_rule_keeps_what_a_step_does_not_change() -> None:
     )
 
 
-def test_plan_step_meets_the_target_over_all_pruned_layers() -> None:
+@pytest.mark.parametrize("allocation", ["global_magnitude", "lamp"])
+def test_plan_step_meets_the_target_over_all_pruned_layers(allocation: str) -> None:
     model = create_model("lenet5")
     cfg = validate_config(
         {
@@ -45,7 +46,7 @@ def test_plan_step_meets_the_target_over_all_pruned_layers() -> None:
             "steps": [
                 {
                     "rules": {"fc2": {"prune": "irregular", "count": 100}},
-                    "target": {"rate": 200, "allocation": "global_magnitude"},
+                    "target": {"rate": 200, "allocation": allocation},
                 }
             ],
         }

@@ -26,7 +26,7 @@ def test_sensitivity_command(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         counts = [p["count"] for p in points]
         assert counts == sorted(counts, reverse=True) and counts[-1] == 8
     sizes = {"fc1": 400_000, "fc2": 5_000}
-    for method in ("sensitivity", "global_magnitude", "uniform"):
+    for method in ("sensitivity", "global_magnitude", "lamp", "uniform"):
         split = result["allocations"][method]
         assert sum(split.values()) <= sum(sizes.values()) / 20
     assert (out / "sensitivity.png").is_file()

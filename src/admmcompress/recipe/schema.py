@@ -181,7 +181,7 @@ class AdmmConfig(PhaseConfig):
         return self
 
 
-ALLOCATIONS = ("sensitivity", "global_magnitude", "uniform")
+ALLOCATIONS = ("sensitivity", "global_magnitude", "lamp", "uniform")
 
 
 class TargetConfig(_Strict):
@@ -194,11 +194,12 @@ class TargetConfig(_Strict):
         default_factory=lambda: ["*"],
         description="selectors of the layers the target splits over (default: every conv/fc)",
     )
-    allocation: Literal["sensitivity", "global_magnitude", "uniform"] = Field(
+    allocation: Literal["sensitivity", "global_magnitude", "lamp", "uniform"] = Field(
         "sensitivity",
         description="sensitivity: equal loss increase per layer, from a per-layer magnitude "
-        "pruning scan; global_magnitude: the largest weights over all layers; uniform: the "
-        "same ratio in every layer",
+        "pruning scan; global_magnitude: the largest weights over all layers; lamp: the "
+        "largest weights relative to their own layer's (LAMP, Lee et al. 2021), which never "
+        "starves a layer of small weights; uniform: the same ratio in every layer",
     )
     min_count: int = Field(
         8, ge=1, description="no layer keeps fewer weights than this (avoids cutting a layer)"

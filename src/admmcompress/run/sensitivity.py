@@ -108,7 +108,7 @@ def run_sensitivity(
                     weights={n: params[n].detach() for n in chosen},
                     scan=scan,
                 )
-                for method in ("sensitivity", "global_magnitude", "uniform")
+                for method in ("sensitivity", "global_magnitude", "lamp", "uniform")
             },
         }
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {size:,} | " + " | ".join(cells) + " |")
     alloc = result.get("allocations")
     if alloc:
-        methods = ("sensitivity", "global_magnitude", "uniform")
+        methods = ("sensitivity", "global_magnitude", "lamp", "uniform")
         lines += [
             "",
             f"## Weights kept per layer for a {alloc['rate']:g}x target",
