@@ -74,7 +74,13 @@ def _folder_config(root: Path) -> dict:
             "eval_resize": 18,
         },
         "pretrain": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.01}},
-        "admm": {"epochs": 2, "period": 1, "rho": 1e-6, "recalibrate_bn": 3},
+        "admm": {
+            "epochs": 2,
+            "period": 1,
+            "rho": 1e-6,
+            "recalibrate_bn": 3,
+            "scheduler": {"name": "cosine"},
+        },
         "retrain": {"epochs": 1},
         "rules": {
             "conv": {"prune": "filter", "keep": 0.5},
@@ -97,6 +103,8 @@ def test_image_folder_run_recalibrates_warns_and_evals_from_its_own_files(
     # rho 1e-6 leaves the weights far from their sets: the run says so and what to change
     assert any("admm.rho" in w and "auto" in w for w in report["warnings"])
     assert "admm.rho: auto" in (tmp_path / "run" / "report.md").read_text()
+    # a cosine restarted every 1-epoch period is a constant lr: the run says so
+    assert any("admm.restart_schedule: false" in w for w in report["warnings"])
     log = (tmp_path / "run" / "run.log").read_text()
     assert "ADMM update 2: ||W-Z||/||W|| (rho) conv" in log and "WARNING" in log
     # eval finds the data through the run's own config, and crops as the run did

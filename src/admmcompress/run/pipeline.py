@@ -277,6 +277,8 @@ class Pipeline:
         phase = Phase(name, pcfg.epochs, period, restart, optimizer, new_scheduler(), new_scheduler)
         if name == "admm":
             acfg = self.steps[s.step].admm
+            if restart and period == 1 and pcfg.epochs > 1 and ckpt is None:
+                self._warn_schedule_restarts(pcfg)
             phase.admm = ADMM(
                 self.model,
                 self.constraints,
@@ -313,6 +315,22 @@ class Pipeline:
                 log.info("%s: rho set to the new value", name)
         phase.attach()
         return phase
+
+    def _warn_schedule_restarts(self, pcfg: PhaseConfig) -> None:
+        """Say that a decaying schedule restarted every 1-epoch period never decays: a recipe
+        reading ``scheduler: cosine`` then trains ADMM at a constant learning rate."""
+        sched = pcfg.scheduler.name
+        if sched == "constant":
+            return
+        lr = pcfg.optimizer.lr
+        advice = (
+            f"{self.steps[self.state.step].name}: admm.scheduler {sched} restarts every ADMM "
+            f"period (admm.period 1, admm.restart_schedule true), so all {pcfg.epochs} ADMM "
+            f"epochs run at lr {lr:g}. Set admm.restart_schedule: false for one {sched} "
+            "schedule over the whole ADMM phase, or admm.scheduler: constant to say what runs"
+        )
+        log.warning("%s", advice)
+        self.state.warnings.append(advice)
 
     def _changed_in_phase(self, name: str) -> list[str]:
         """The changed settings of the phase in progress (keys inside the phase)."""
