@@ -118,13 +118,17 @@ def _magnitude(weight: Tensor) -> Tensor:
 def lamp_scores(weight: Tensor) -> Tensor:
     """LAMP score of each weight (flattened): w^2 over the sum of the w^2 at least as large.
 
-    Ties are broken by position, as a sort does; zeros score 0 (an all-zero layer too).
+    Ties are broken by position (a stable sort); zeros score 0 (an all-zero layer too). The
+    weights are scaled by their largest |w| and squared in float64, so a layer of tiny
+    weights neither underflows nor loses its top score of 1 (the score is scale-free).
     """
-    sq = weight.detach().flatten().float().cpu().pow(2)
-    ordered, idx = sq.sort()
+    w = weight.detach().flatten().double().cpu()
+    top = w.abs().max() if w.numel() else w.new_zeros(())
+    sq = (w / top).pow(2) if top > 0 else torch.zeros_like(w)
+    ordered, idx = sq.sort(stable=True)
     tail = ordered.flip(0).cumsum(0).flip(0)  # for each rank: the squares at or above it
-    scores = torch.empty_like(sq)
-    scores[idx] = ordered / tail.clamp_min(torch.finfo(torch.float32).tiny)
+    scores = torch.zeros_like(sq)
+    scores[idx] = torch.where(tail > 0, ordered / tail.clamp_min(1e-300), 0.0)
     return scores
 
 
