@@ -50,6 +50,7 @@ from ..train.distributed import (
     shutdown,
 )
 from ..train.loop import NonFiniteLossError, evaluate
+from ..train.optim import flat_within
 from ..train.quantized import SnapFreeze, STEQuantizer
 from . import inputs
 from .checkpoint import CheckpointError, check_structure, save_checkpoint
@@ -277,8 +278,8 @@ class Pipeline:
         phase = Phase(name, pcfg.epochs, period, restart, optimizer, new_scheduler(), new_scheduler)
         if name == "admm":
             acfg = self.steps[s.step].admm
-            if restart and period == 1 and pcfg.epochs > 1 and ckpt is None:
-                self._warn_schedule_restarts(pcfg)
+            if restart and pcfg.epochs > period and ckpt is None:
+                self._warn_schedule_restarts(pcfg, period)
             phase.admm = ADMM(
                 self.model,
                 self.constraints,
@@ -316,18 +317,19 @@ class Pipeline:
         phase.attach()
         return phase
 
-    def _warn_schedule_restarts(self, pcfg: PhaseConfig) -> None:
-        """Say that a decaying schedule restarted every 1-epoch period never decays: a recipe
-        reading ``scheduler: cosine`` then trains ADMM at a constant learning rate."""
+    def _warn_schedule_restarts(self, pcfg: PhaseConfig, period: int) -> None:
+        """Say that a schedule restarted every period but flat within one never changes: a
+        recipe reading ``scheduler: cosine`` with ``period: 1`` trains ADMM at one lr."""
         sched = pcfg.scheduler.name
-        if sched == "constant":
+        if sched == "constant" or not flat_within(period, **pcfg.scheduler.model_dump()):
             return
         lr = pcfg.optimizer.lr
         advice = (
             f"{self.steps[self.state.step].name}: admm.scheduler {sched} restarts every ADMM "
-            f"period (admm.period 1, admm.restart_schedule true), so all {pcfg.epochs} ADMM "
-            f"epochs run at lr {lr:g}. Set admm.restart_schedule: false for one {sched} "
-            "schedule over the whole ADMM phase, or admm.scheduler: constant to say what runs"
+            f"period (admm.period {period}, admm.restart_schedule true) and does not change "
+            f"within one, so all {pcfg.epochs} ADMM epochs run at lr {lr:g}. Set "
+            f"admm.restart_schedule: false for one {sched} schedule over the whole ADMM "
+            "phase, or admm.scheduler: constant to say what runs"
         )
         log.warning("%s", advice)
         self.state.warnings.append(advice)

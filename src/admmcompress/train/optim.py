@@ -58,3 +58,22 @@ def make_scheduler(
     if name == "constant":
         return sched.LambdaLR(optimizer, lambda _: 1.0)
     raise ValueError(f"unknown schedule {name!r}; choose constant, cosine, step or multistep")
+
+
+def flat_within(epochs: int, name: str = "constant", **kwargs: float | int | Sequence[int]) -> bool:
+    """Whether a schedule made for ``epochs`` keeps one lr over those epochs.
+
+    A schedule restarted every ADMM period of ``epochs`` epochs that is flat within it never
+    decays at all (a cosine over 1 epoch, a step schedule with ``step_size >= epochs``), which
+    a recipe naming it does not make plain. Checked by running it on a throwaway optimizer.
+    """
+    if name == "constant":
+        return True
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = make_scheduler(optimizer, epochs, name, **kwargs)  # type: ignore[arg-type]
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    return len(set(lrs)) == 1
