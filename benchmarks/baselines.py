@@ -234,7 +234,9 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.merge:
-        merge(args.merge, args.name or f"baselines_{args.model}")
+        if not args.name or any(Path(m).stem == args.name for m in args.merge):
+            ap.error("--merge needs a --name of its own (not one of the files merged)")
+        merge(args.merge, args.name)
         return
     penalty = {**PENALTY, "rho": args.rho, "rho_growth": args.rho_growth}
     logging.basicConfig(level=logging.WARNING)

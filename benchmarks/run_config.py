@@ -50,6 +50,8 @@ def main() -> None:
         if _settings(out / "config.yaml") != _settings(args.config, args.overrides):
             sys.exit(f"{out} was not run with {args.config} and {args.overrides}; not recorded")
         report = json.loads((out / "report.json").read_text())
+        if any("changed settings" in w for w in report.get("warnings", [])):
+            sys.exit(f"{out} was resumed with changed settings; its config is not the one run")
         wall = float(report["wall_seconds"])
     else:
         if out.exists():
@@ -83,7 +85,22 @@ def main() -> None:
         f"| final test accuracy (masked retraining) | {report['final']['test_accuracy']:.2%} |",
         f"| wall time of the {'run (its report)' if args.recorded else 'whole command'} "
         f"| {wall / 60:.1f} min |",
+        f"| run finished (the header's date is when it was recorded) | {report['created']} |",
     ]
+    residuals = report.get("admm_residuals") or []
+    last = residuals[-1]["layers"] if residuals else {}
+    worst = max(last.items(), key=lambda kv: kv[1]["relative_primal"], default=None)
+    if worst:
+        rows.append(
+            "| largest relative ADMM residual, norm(W-Z) / norm(W), at the last update | "
+            f"{worst[1]['relative_primal']:.3f} ({worst[0]}, rho {worst[1]['rho']:.3g}) |"
+        )
+    trained = [r for r in report["history"] if r["phase"] == "retrain"]
+    if trained:
+        rows.append(
+            f"| training accuracy of the last retraining epoch (augmented batches) | "
+            f"{trained[-1]['train_accuracy']:.2%} |"
+        )
     spent: dict[str, list[float]] = {}
     for rec in report["history"]:  # every step's epochs, not only the last step's
         t = spent.setdefault(rec["phase"], [0.0, 0])
@@ -127,6 +144,9 @@ def main() -> None:
             "wall_seconds": wall,
             "wall_measured": "report.json (pipeline only)" if args.recorded else "whole command",
             "run_created": report.get("created"),
+            "last_admm_residuals": last,
+            "last_retrain_train_accuracy": trained[-1]["train_accuracy"] if trained else None,
+            "warnings": report.get("warnings", []),
             "pruning_rate": report["pruning_rate"],
             "storage_rate": report["storage_rate"],
             "storage_bytes": report["storage_bytes"],
