@@ -143,7 +143,7 @@ def main() -> None:
             "overrides": args.overrides,
             "wall_seconds": wall,
             "wall_measured": "report.json (pipeline only)" if args.recorded else "whole command",
-            "run_created": report.get("created"),
+            "run_created": report["created"],
             "last_admm_residuals": last,
             "last_retrain_train_accuracy": trained[-1]["train_accuracy"] if trained else None,
             "warnings": report.get("warnings", []),

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from admmcompress.models import create_model
 from admmcompress.recipe.allocation import (
+    METHODS,
     ScanPoint,
     allocate,
     keep_grid,
@@ -19,6 +20,14 @@ from admmcompress.recipe.allocation import (
 )
 
 # ------------------------------------------------------------------------------ allocation
+
+
+def test_the_recipe_schema_offers_exactly_the_methods_allocate_knows() -> None:
+    from typing import get_args
+
+    from admmcompress.recipe.schema import TargetConfig
+
+    assert get_args(TargetConfig.model_fields["allocation"].annotation) == METHODS
 
 
 def test_keep_grid_descends_to_the_floor() -> None:

@@ -31,6 +31,9 @@ from torch import Tensor, nn
 from ..constraints import topk_mask
 from ..core.selection import compressible_parameters
 
+#: the allocation methods ``allocate`` knows (a recipe's ``target.allocation``)
+METHODS = ("sensitivity", "global_magnitude", "lamp", "uniform")
+
 
 @dataclass(frozen=True)
 class ScanPoint:
@@ -209,6 +212,4 @@ def allocate(
             mid = (lo + hi) / 2
             lo, hi = (lo, mid) if sum(counts_at(mid).values()) <= budget else (mid, hi)
         return counts_at(hi)
-    raise ValueError(
-        f"unknown allocation {method!r}; allowed: sensitivity, global_magnitude, lamp, uniform"
-    )
+    raise ValueError(f"unknown allocation {method!r}; allowed: {', '.join(METHODS)}")

@@ -181,9 +181,6 @@ class AdmmConfig(PhaseConfig):
         return self
 
 
-ALLOCATIONS = ("sensitivity", "global_magnitude", "lamp", "uniform")
-
-
 class TargetConfig(_Strict):
     """An overall pruning rate that the tool splits over layers, so no layer is hand-tuned."""
 

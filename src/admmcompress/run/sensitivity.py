@@ -19,7 +19,7 @@ import torch
 from ..core.selection import compressible_parameters, select_layers
 from ..formats import load_weights
 from ..formats.atomic import atomic_write_text
-from ..recipe.allocation import ScanPoint, allocate, sensitivity_scan
+from ..recipe.allocation import METHODS, ScanPoint, allocate, sensitivity_scan
 from ..recipe.schema import ConfigError, RunConfig
 from ..train.loop import evaluate, train_epoch
 from . import inputs
@@ -108,7 +108,7 @@ def run_sensitivity(
                     weights={n: params[n].detach() for n in chosen},
                     scan=scan,
                 )
-                for method in ("sensitivity", "global_magnitude", "lamp", "uniform")
+                for method in METHODS
             },
         }
     out.mkdir(parents=True, exist_ok=True)
@@ -142,7 +142,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {size:,} | " + " | ".join(cells) + " |")
     alloc = result.get("allocations")
     if alloc:
-        methods = ("sensitivity", "global_magnitude", "lamp", "uniform")
+        methods = METHODS
         lines += [
             "",
             f"## Weights kept per layer for a {alloc['rate']:g}x target",
