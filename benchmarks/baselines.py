@@ -10,8 +10,9 @@ each rate over the layers the same way (global magnitude), uses the same optimiz
 Adam, lr 1e-3; ResNet-20: SGD with momentum, lr 0.01, weight decay 5e-4; cosine decay within
 each phase) and spends exactly ``--epochs`` training epochs after pretraining. ``--init``
 starts from given dense weights instead of training them (ResNet-20: the shipped reference
-model); CIFAR runs use the standard augmentation and the recipes' bf16 + channels_last. All
-run through the same pipeline, so only the method differs:
+model); CIFAR runs use the standard augmentation and the recipes' precision (auto: bf16
+where the CPU computes it in hardware, else fp32) and channels_last. All run through the
+same pipeline, so only the method differs:
 
 - one-shot magnitude: prune to the rate at once (projection, no ADMM), retrain all epochs;
 - iterative magnitude (Han et al. 2015): ``--cycles`` prune-retrain cycles at geometrically
@@ -56,7 +57,7 @@ SETUPS: dict[str, dict[str, Any]] = {
             "batch_size": 128,
             "augment": {"shift": 4, "hflip": True, "pad": "black"},
         },
-        "runtime": {"precision": "bf16", "channels_last": True},
+        "runtime": {"precision": "auto", "channels_last": True},
         "opt": SGD,
     },
 }

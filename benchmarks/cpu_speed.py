@@ -202,6 +202,12 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=10000)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "data"))
+    ap.add_argument(
+        "--name",
+        default="cpu_speed",
+        help="results file name under benchmarks/results/ (one per CPU kind: the speed of bf16 "
+        "depends on whether the CPU computes it natively)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # as the CLI does
@@ -220,7 +226,7 @@ def main() -> None:
     for name, s in result["compile_seconds"].items():
         rows.append(f"\ntorch.compile of the plain loop, {name}: {s:.0f} s to compile")
     data_json = {"threads": args.threads, "rounds": args.rounds, "batch_size": BATCH, **result}
-    write_results("cpu_speed", data_json, "\n".join(rows))  # the speed, before the long part
+    write_results(args.name, data_json, "\n".join(rows))  # the speed, before the long part
     if not args.skip_accuracy:
         result["accuracy"] = accuracy(args)
         rows.append(
@@ -235,7 +241,7 @@ def main() -> None:
                 f"| {precision} | {seed} | {100 * v['test_accuracy']:.2f}% | {v['seconds']:.0f} |"
             )
     write_results(
-        "cpu_speed",
+        args.name,
         {"threads": args.threads, "rounds": args.rounds, "batch_size": BATCH, **result},
         "\n".join(rows),
     )

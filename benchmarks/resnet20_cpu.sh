@@ -44,7 +44,7 @@ tp() {  # TARGET NAME [ARGS]: Torch-Pruning at TARGET times fewer FLOPs, 32 fine
   if [ -f "benchmarks/results/$2.json" ]; then echo "finished earlier: $2"; return; fi
   echo "$(date -u +%FT%TZ) Torch-Pruning ${1}x -> benchmarks/results/$2"
   (cd benchmarks && $PY torch_pruning_runner.py --init "../$W" --target "$1" --epochs 32 \
-    --bf16 --name "$2" --data-dir "$D" --threads "${THREADS:-2}" "${@:3}")
+    --name "$2" --data-dir "$D" --threads "${THREADS:-2}" "${@:3}")
 }
 
 for v in 4bit ternary ternary_8bit_ends; do

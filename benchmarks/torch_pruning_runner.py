@@ -3,7 +3,7 @@ pruning of a dense CIFAR model to a FLOPs target, with its iterative schedule an
 recommended importance, fine-tuned with the same loop, data and epochs as our runs.
 
     python benchmarks/torch_pruning_runner.py --init weights/resnet20_cifar10_dense.safetensors \\
-        --target 2.0 --epochs 32 --bf16 --name tp_resnet20_2x
+        --target 2.0 --epochs 32 --name tp_resnet20_2x
     python benchmarks/torch_pruning_runner.py --init ... --smoke   # a minute on 512 images
 
 What runs: ``tp.pruner.MetaPruner`` with ``tp.importance.GroupMagnitudeImportance(p=2)``
@@ -34,6 +34,7 @@ from torch import nn
 from admmcompress import load
 from admmcompress.data import load_dataset, resolve_data_root
 from admmcompress.data.augment import Augment
+from admmcompress.run.runtime import resolve_precision
 from admmcompress.train.loop import evaluate, train_epoch
 from common import RESULTS, write_results
 from flops import count_flops
@@ -55,7 +56,14 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--local", action="store_true", help="one ratio per layer, not global")
-    ap.add_argument("--bf16", action="store_true", help="train under bfloat16 autocast")
+    ap.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="bf16: train under bfloat16 autocast; auto (as our CIFAR recipes): bf16 where the "
+        "CPU computes it in hardware, else fp32",
+    )
+    ap.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="512 training images, 1 epoch")
@@ -89,7 +97,8 @@ def main() -> None:
     )
     augment = Augment(shift=4, hflip=True, pad="black")
     gen = torch.Generator().manual_seed(args.seed)
-    autocast = torch.bfloat16 if args.bf16 else None
+    precision = "bf16" if args.bf16 else resolve_precision(args.precision, torch.device("cpu"))
+    autocast = torch.bfloat16 if precision == "bf16" else None
     per_round = [
         args.epochs // args.rounds + (k < args.epochs % args.rounds) for k in range(args.rounds)
     ]
@@ -156,6 +165,8 @@ def main() -> None:
         "global_pruning": not args.local,
         "smoke": args.smoke,
         "seed": args.seed,
+        "precision": precision,
+        "threads": args.threads,
         "seconds": seconds,
         "history": history,
     }

@@ -41,3 +41,86 @@ def test_shift_keeps_the_channels_last_layout() -> None:
     assert out.is_contiguous(memory_format=torch.channels_last)
     ref = random_shift(x.contiguous(), 2, torch.Generator().manual_seed(0))
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, native: bool) -> None:
+    from admmcompress.run import runtime
+
+    monkeypatch.setattr(runtime.torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(runtime.torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert runtime.resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    # an explicit setting is taken as it is, with or without the hardware
+    assert runtime.resolve_precision("bf16", cpu) == "bf16"
+    assert runtime.resolve_precision("fp32", cpu) == "fp32"
+
+
+def _tiny_auto(tmp_path: Path) -> Path:
+    cfg = yaml.safe_load((REPO / "configs/tiny_test.yaml").read_text())
+    cfg["runtime"] = {"progress": False, "precision": "auto", "threads": 1}
+    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "auto.yaml"
+
+
+def _hardware(monkeypatch, native: bool) -> None:
+    """Pretend this CPU does (or does not) compute bfloat16 in hardware."""
+    from admmcompress.run import pipeline, runtime
+
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: native)
+    monkeypatch.setattr(pipeline, "native_bf16", lambda device: native)
+
+
+def test_auto_precision_is_recorded_in_report(tmp_path: Path, monkeypatch) -> None:
+    _hardware(monkeypatch, False)
+    assert run(_tiny_auto(tmp_path), tmp_path / "run") == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["runtime"] == {"precision": "fp32", "threads": 1, "channels_last": False}
+    assert report["config"]["runtime"]["precision"] == "auto"
+    assert (
+        "precision: fp32 (auto: this CPU does not compute"
+        in (tmp_path / "run" / "run.log").read_text()
+    )
+    assert "(fp32, 1 thread)" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_resume_on_other_hardware_keeps_the_precision_it_started_with(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A run started in bf16 (auto, on a CPU with bf16) and resumed where auto would pick
+    fp32 finishes in bf16, bit-exactly as if it had never stopped."""
+    from admmcompress.run.pipeline import Pipeline
+
+    config = _tiny_auto(tmp_path)
+    _hardware(monkeypatch, True)
+    assert run(config, tmp_path / "ref") == 0
+
+    class Stop(Exception):
+        pass
+
+    save = Pipeline._save
+    calls = []
+
+    def save_then_stop(self: Pipeline, extra: dict) -> None:
+        save(self, extra)
+        calls.append(self.state.phase)
+        if self.state.phase == "admm":  # a checkpoint inside the ADMM phase, then "killed"
+            raise Stop
+
+    monkeypatch.setattr(Pipeline, "_save", save_then_stop)
+    with pytest.raises(Stop):
+        run(config, tmp_path / "run")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["precision"] == "bf16"
+    monkeypatch.setattr(Pipeline, "_save", save)
+    _hardware(monkeypatch, False)
+    (tmp_path / "run" / ".lock").unlink(missing_ok=True)
+    assert run(config, tmp_path / "run", "--resume") == 0
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert "precision: bf16, as the run started (auto would pick fp32" in log
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["runtime"]["precision"] == "bf16"
+    ref = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    out = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert ref.keys() == out.keys()
+    for k in ref:
+        assert torch.equal(ref[k], out[k]), k

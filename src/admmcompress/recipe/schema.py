@@ -423,10 +423,13 @@ class RuntimeConfig(_Strict):
         description="treat denormal floats as zero on CPU: ADMM drives many weights and "
         "optimizer moments towards zero, and denormal arithmetic can slow an epoch 5x",
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Literal["auto", "fp32", "bf16"] = Field(
         "fp32",
         description="bf16: forward passes under bfloat16 autocast (weights, gradients, ADMM "
-        "state and projections stay fp32); about 2x faster on recent GPUs",
+        "state and projections stay fp32); about 2x faster on recent GPUs and on CPUs with "
+        "AVX512-BF16 or AMX, slower than fp32 on CPUs without them. auto: bf16 where the "
+        "device computes it in hardware, else fp32 (a resumed run keeps the precision it "
+        "started with)",
     )
     channels_last: bool = Field(
         False, description="NHWC memory layout for conv models: faster convolutions on GPUs"

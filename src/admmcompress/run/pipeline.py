@@ -58,7 +58,7 @@ from .coupling import ChannelStructure
 from .folder import CHECKPOINT, MODEL_FILE, STEPS_DIR, RunFolder
 from .phase import EpochContext, Phase, QuantRetrainer, run_epochs
 from .report import build_report, step_summary, write_report
-from .runtime import setup_runtime
+from .runtime import native_bf16, resolve_precision, setup_runtime
 from .state import RunState, capture_rng, restore_rng
 from .teachers import Teachers
 
@@ -86,6 +86,7 @@ class Pipeline:
         self.allow_changes = allow_changes
         self.data_dir = data_dir
         self.device = torch.device("cpu")
+        self.precision = "fp32"  # runtime.precision resolved on this device ("auto")
         self.state = RunState()
         self.model: nn.Module
         self.data: Dataset
@@ -102,6 +103,7 @@ class Pipeline:
     def _setup(self) -> dict[str, Any] | None:
         cfg = self.cfg
         self.device = setup_runtime(cfg.runtime)
+        self.precision = resolve_precision(cfg.runtime.precision, self.device)
         self.dist = init_from_env(self.device.type == "cuda")
         if self.dist.is_main:  # one process owns the folder; the lock says which
             self.folder.lock()
@@ -115,6 +117,7 @@ class Pipeline:
             if stale:
                 log.info("removed %d temporary files of an interrupted write", len(stale))
         log.info("admmcompress %s: run %r in %s", __version__, cfg.name, self.out)
+        self._log_precision()
         if self.folder.applied_changes:
             log.warning("resuming with a changed config: %s", self.folder.change_listing)
         if self.dist.enabled:
@@ -148,6 +151,24 @@ class Pipeline:
         if self.dist.is_main:
             self.folder.write_config(cfg)
         return ckpt
+
+    def _log_precision(self) -> None:
+        asked = self.cfg.runtime.precision
+        native = native_bf16(self.device)
+        if asked == "auto":
+            log.info(
+                "precision: %s (auto: this %s %s bfloat16 in hardware)",
+                self.precision,
+                self.device.type.upper(),
+                "computes" if native else "does not compute",
+            )
+        elif asked == "bf16" and not native:
+            log.warning(
+                "runtime.precision is bf16, but this %s has no bfloat16 hardware (no "
+                "AVX512-BF16 or AMX on a CPU): bf16 is emulated and usually slower than fp32; "
+                "'precision: auto' picks fp32 here",
+                self.device.type.upper(),
+            )
 
     def _check_fits_data(self) -> None:
         """One forward pass before any training: a model that does not fit the data fails
@@ -199,6 +220,7 @@ class Pipeline:
             {
                 **s.progress(),
                 "config": json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True),
+                "precision": self.precision,
                 "model": self.model.state_dict(),
                 **s.plan(),
                 "rng": rng,
@@ -227,6 +249,19 @@ class Pipeline:
 
     def _restore_checked(self, ckpt: dict[str, Any]) -> None:
         self.state = RunState.from_checkpoint(ckpt, self.device)
+        started = ckpt.get("precision")
+        if (
+            self.cfg.runtime.precision == "auto"
+            and started in ("fp32", "bf16")
+            and started != self.precision
+        ):  # resumed on other hardware: keep the numbers the run started with
+            log.warning(
+                "precision: %s, as the run started (auto would pick %s on this machine): "
+                "a resume in the same precision stays bit-exact",
+                started,
+                self.precision,
+            )
+            self.precision = started
         if self.folder.applied_changes:
             where = self.state.phase
             if where in ("admm", "retrain"):
@@ -248,7 +283,7 @@ class Pipeline:
     # -- phases -------------------------------------------------------------------------------
     @property
     def _autocast(self) -> torch.dtype | None:
-        return torch.bfloat16 if self.cfg.runtime.precision == "bf16" else None
+        return torch.bfloat16 if self.precision == "bf16" else None
 
     def _evaluate(self) -> tuple[float, float]:
         return evaluate(
@@ -678,6 +713,11 @@ class Pipeline:
             phases=s.phases,
             history=s.history,
             device=str(self.device),
+            runtime={
+                "precision": self.precision,
+                "threads": torch.get_num_threads(),
+                "channels_last": self.cfg.runtime.channels_last,
+            },
             model_file=model_path,
             wall_seconds=self._wall_seconds(),
             steps=s.steps,

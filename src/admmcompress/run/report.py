@@ -168,6 +168,7 @@ def build_report(
     history: list[dict[str, Any]],
     device: str,
     model_file: Path,
+    runtime: dict[str, Any] | None = None,
     wall_seconds: float,
     steps: list[dict[str, Any]] | None = None,
     warnings: list[str] | None = None,
@@ -195,6 +196,7 @@ def build_report(
         "nonzero_total": sum(r["nonzero"] for r in layers),
         "wall_seconds": wall_seconds,
         "device": device,
+        "runtime": runtime or {},
         "seed": cfg.seed,
         "dataset": cfg.data.dataset,
         "model": {"name": cfg.model.name, "args": cfg.model.args},
@@ -258,12 +260,21 @@ def _residual_history(updates: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _fmt_runtime(runtime: dict[str, Any]) -> str:
+    """`` (bf16, 2 threads)``: what a run's speed and numbers depend on besides the device."""
+    parts = [runtime["precision"]] if "precision" in runtime else []
+    if "threads" in runtime:
+        parts.append(f"{runtime['threads']} thread{'s' if runtime['threads'] != 1 else ''}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Compression report: {report['name']}",
         "",
         f"Model `{report['model']['name']}` on `{report['dataset']}`, seed {report['seed']}, "
-        f"device {report['device']}, created {report['created']}.",
+        f"device {report['device']}{_fmt_runtime(report.get('runtime') or {})}, "
+        f"created {report['created']}.",
         "",
         "| metric | value |",
         "| --- | --- |",

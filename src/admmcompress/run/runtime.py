@@ -1,4 +1,4 @@
-"""Process-wide set-up of a run: device, threads, denormals, determinism."""
+"""Process-wide set-up of a run: device, threads, denormals, determinism, precision."""
 
 from __future__ import annotations
 
@@ -26,3 +26,26 @@ def setup_runtime(runtime: RuntimeConfig) -> torch.device:
             torch.backends.cudnn.benchmark = False
         torch.use_deterministic_algorithms(True, warn_only=True)
     return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware.
+
+    A CPU without AVX512-BF16 or AMX (an Ice Lake Xeon, say) still runs bf16 autocast,
+    but oneDNN then converts every operand to fp32 and back: slower than plain fp32
+    (benchmarks/results/cpu_speed_*.md has the figures per CPU kind).
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision a run computes in: ``auto`` is bf16 where ``device`` has it in
+    hardware and fp32 elsewhere; ``fp32`` and ``bf16`` are taken as they are."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
