@@ -16,12 +16,12 @@ Variants (speed does not depend on the values of the weights, only on the shapes
   and 32 channels in the three stages);
 - ``--trained LABEL=FILE``: trained compressed models (ours as ``.admmz``, Torch-Pruning's
   as the runner's ``.pt``), timed like the others and evaluated in PyTorch and onnxruntime;
-- int8: the dense weights projected onto an 8-bit symmetric per-channel grid (what ADMM's
-  ``quantize: {bits: 8, per_channel: true}`` ends on), exported to ONNX and quantized by
-  onnxruntime's ``quantize_static`` (QDQ format, per-channel weights, activation scales
-  from ``--calibration`` training images, after onnxruntime's ``quant_pre_process``), run
-  by onnxruntime. The kernels that ran are read
-  from onnxruntime's profile.
+- int8: a model on an 8-bit symmetric per-channel grid, ``--int8-from`` an ADMM run of
+  ``configs/resnet20_cifar10_int8.yaml`` (else the dense weights projected onto the grid),
+  exported to ONNX and quantized by onnxruntime's ``quantize_static`` (QDQ format,
+  per-channel weights, activation scales from ``--calibration`` training images, after
+  onnxruntime's ``quant_pre_process``), run by onnxruntime. The kernels that ran, and where
+  the time goes part by part, are read from onnxruntime's profile.
 
 Timing: a warm-up, then ``--rounds`` rounds interleaving every variant of one runtime,
 thread count and batch size; each round times a block of calls of about ``--block-ms``;
@@ -46,6 +46,7 @@ from torch import nn
 
 from admmcompress import ADMM, Uniform, create_model, load
 from admmcompress.constraints.base import Constraint
+from admmcompress.constraints.quantization import check_on_grid, fit_uniform
 from admmcompress.formats.admmz import save_admmz
 from admmcompress.formats.encoding import QuantSpec
 from admmcompress.recipe.planning import layer_constraints
@@ -118,8 +119,76 @@ class _Calibration:
         return None if b is None else {"x": b}
 
 
-def _int8(dense: nn.Module, work: Path, calibration: np.ndarray) -> tuple[Path, nn.Module]:
-    """The dense model on an 8-bit per-channel grid, then a QDQ int8 ONNX model."""
+def _on_8bit_grid(model: nn.Module, source: Path) -> None:
+    """Refuse a model whose conv and linear weights are not on an 8-bit per-channel grid."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            w = m.weight.detach()
+            why = check_on_grid(w, "uniform", bits=8, per_channel=True)
+            if why is not None:
+                raise SystemExit(
+                    f"{source}: {name}.weight is not on an 8-bit per-channel grid ({why}); "
+                    "run ADMM with quantize: {bits: 8, per_channel: true} first "
+                    "(configs/resnet20_cifar10_int8.yaml)"
+                )
+
+
+def _own_codes(qdq: Path, prepared: Path) -> dict[str, int]:
+    """Put the grid's own int8 codes and scales into onnxruntime's QDQ model, in place.
+
+    ``quantize_static`` sets each channel's weight scale to its largest |weight| / 127, so a
+    channel whose largest weight is not at code +-127 of our grid would be re-rounded onto
+    a finer one. The exported weights are ours with BatchNorm folded in, which scales each
+    output channel: still a per-channel grid with the same codes. Each conv's int32 bias is
+    re-quantized with the new scale (a bias' scale must be input scale x weight scale).
+    Returns how many weights onnxruntime had coded differently, and how many in all."""
+    import onnx
+    from onnx import numpy_helper
+
+    fp32 = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(prepared)).graph.initializer}
+    model = onnx.load(str(qdq))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    made_by = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+
+    def put(name: str, value: np.ndarray) -> None:
+        inits[name].CopyFrom(numpy_helper.from_array(value, name))
+
+    changed = total = 0
+    for node in graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in made_by:
+            continue
+        w_dq, x_dq = made_by[node.input[1]], made_by[node.input[0]]
+        if any(a.name == "axis" and a.i != 0 for a in w_dq.attribute):
+            raise SystemExit(f"{node.name}: weight scales not per output channel (axis 0)")
+        w = torch.from_numpy(fp32[w_dq.input[0].removesuffix("_quantized")].copy())
+        _, scale = fit_uniform(w, 8, per_channel=True)
+        scale = scale.flatten()
+        codes = torch.round(w.flatten(1) / torch.where(scale > 0, scale, 1.0)[:, None])
+        off = (codes * scale[:, None] - w.flatten(1)).abs().amax(dim=1)
+        if bool((off > 1e-5 * w.flatten(1).abs().amax(dim=1)).any()) or codes.abs().max() > 127:
+            raise SystemExit(f"{node.name}: its exported weights are not on an 8-bit grid")
+        q = codes.reshape(w.shape).numpy().astype(np.int8)
+        changed += int((numpy_helper.to_array(inits[w_dq.input[0]]) != q).sum())
+        total += q.size
+        put(w_dq.input[0], q)
+        put(w_dq.input[1], scale.numpy().astype(np.float32))
+        if len(node.input) > 2 and node.input[2] in made_by:  # the bias, int32
+            b_dq = made_by[node.input[2]]
+            bias = fp32[b_dq.input[0].removesuffix("_quantized")]
+            x_scale = numpy_helper.to_array(inits[x_dq.input[1]])
+            b_scale = (x_scale * scale.numpy()).astype(np.float32)
+            put(b_dq.input[0], np.round(bias / b_scale).astype(np.int32))
+            put(b_dq.input[1], b_scale)
+    onnx.save(model, str(qdq))
+    return {"recoded": changed, "weights": total}
+
+
+def _int8(
+    dense: nn.Module, work: Path, calibration: np.ndarray, source: Path | None = None
+) -> tuple[Path, nn.Module, dict[str, int]]:
+    """A model on an 8-bit per-channel grid as a QDQ int8 ONNX model: ``source``'s weights
+    (an ADMM run's, checked to be on the grid), else the dense weights projected onto it."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -128,14 +197,18 @@ def _int8(dense: nn.Module, work: Path, calibration: np.ndarray) -> tuple[Path, 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    grid = create_model("resnet20_cifar")
-    grid.load_state_dict(dense.state_dict())
-    rules = {
-        n: Uniform(bits=8, per_channel=True)
-        for n, m in grid.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear)
-    }
-    ADMM(grid, rules).harden()
+    if source is not None:
+        grid = load(source)
+    else:
+        grid = create_model("resnet20_cifar")
+        grid.load_state_dict(dense.state_dict())
+        rules = {
+            n: Uniform(bits=8, per_channel=True)
+            for n, m in grid.named_modules()
+            if isinstance(m, nn.Conv2d | nn.Linear)
+        }
+        ADMM(grid, rules).harden()
+    _on_8bit_grid(grid, source or Path("the projected dense model"))
     grid.eval()
     fp32 = _onnx(grid, work / "grid8_fp32.onnx")
     # onnxruntime's recommended pre-processing (shape inference, graph optimisation): without
@@ -154,7 +227,7 @@ def _int8(dense: nn.Module, work: Path, calibration: np.ndarray) -> tuple[Path, 
         activation_type=QuantType.QUInt8,
         calibrate_method=CalibrationMethod.MinMax,
     )
-    return out, grid
+    return out, grid, _own_codes(out, prepared)
 
 
 def _session(path: Path, threads: int, profile: bool = False):  # type: ignore[no-untyped-def]
@@ -170,21 +243,40 @@ def _session(path: Path, threads: int, profile: bool = False):  # type: ignore[n
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _kernels(path: Path) -> dict[str, int]:
-    """Which onnxruntime kernels ran (op type -> nodes), read from its profile."""
+def _kernels(
+    path: Path, batch: int = 64, runs: int = 10
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Which onnxruntime kernels ran (op type -> nodes), and where the time went (network part
+    -> ms per batch of ``batch``, one thread: each node's median over ``runs`` calls), both
+    read from its profile."""
     import json
 
     sess = _session(path, 1, profile=True)
-    sess.run(None, {"x": np.zeros((2, *SHAPE), np.float32)})
+    x = np.random.default_rng(0).random((batch, *SHAPE), dtype=np.float32)
+    for _ in range(runs):
+        sess.run(None, {"x": x})
     profile = Path(sess.end_profiling())
     trace = json.loads(profile.read_text())
     profile.unlink()
-    ops: dict[str, int] = {}
+    nodes: dict[tuple[str, str], list[float]] = {}
     for e in trace:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            op = e.get("args", {}).get("op_name", "?")
-            ops[op] = ops.get(op, 0) + 1
-    return ops
+            key = (e["name"], e.get("args", {}).get("op_name", "?"))
+            nodes.setdefault(key, []).append(e["dur"] / 1000)
+    ops: dict[str, int] = {}
+    parts: dict[str, float] = {}
+    for (node, op), ms in nodes.items():
+        ops[op] = ops.get(op, 0) + 1
+        parts[_part(node, op)] = parts.get(_part(node, op), 0.0) + statistics.median(ms)
+    return ops, parts
+
+
+def _part(node: str, op: str) -> str:
+    """The part of ResNet-20 a node computes: its stage, the stem, or the rest."""
+    for stage in ("layer1", "layer2", "layer3"):
+        if f"/{stage}/" in node:
+            return f"{stage} ({'convolutions' if 'Conv' in op else 'adds and other'})"
+    return "stem convolution" if "Conv" in op else "input, pooling, classifier, layout"
 
 
 def _block(fn: Callable[[], object], block_ms: float) -> float:
@@ -216,6 +308,13 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=512)
     ap.add_argument("--skip-compile", action="store_true")
     ap.add_argument(
+        "--int8-from",
+        type=Path,
+        help="the int8 variant's weights: a run of configs/resnet20_cifar10_int8.yaml "
+        "(model.safetensors), whose weights ADMM put on the 8-bit grid; without it, the dense "
+        "weights projected onto that grid",
+    )
+    ap.add_argument(
         "--trained",
         nargs="+",
         default=[],
@@ -225,6 +324,12 @@ def main() -> None:
         "'Torch-Pruning 2x=benchmarks/results/tp_resnet20_2x.pt'",
     )
     ap.add_argument("--data-dir", default=str(Path(__file__).resolve().parent.parent / "data"))
+    ap.add_argument(
+        "--name",
+        default="deploy_speed",
+        help="results file name under benchmarks/results/ (one per CPU kind: int8 and fp32 "
+        "kernels differ between AMX, VNNI-only and AVX2 CPUs)",
+    )
     args = ap.parse_args()
     torch.set_flush_denormal(True)
 
@@ -246,10 +351,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         onnx_paths = {k: _onnx(m, work / f"{i}.onnx") for i, (k, m) in enumerate(models.items())}
-        int8_path, grid = _int8(models["dense"], work, calib)
+        int8_path, grid, results["int8_codes"] = _int8(models["dense"], work, calib, args.int8_from)
         onnx_paths["int8 (8-bit grid, QDQ)"] = int8_path
-        results["int8_kernels"] = _kernels(int8_path)
-        results["fp32_kernels"] = _kernels(onnx_paths["dense"])
+        results["int8_kernels"], results["int8_profile_ms"] = _kernels(int8_path)
+        results["fp32_kernels"], results["fp32_profile_ms"] = _kernels(onnx_paths["dense"])
         quant8 = {
             n: QuantSpec(8, True)
             for n, m in grid.named_modules()
@@ -330,8 +435,9 @@ def main() -> None:
     record = {
         "init": str(args.init) if args.init else None,
         "trained": {k: str(v) for k, v in trained.items()},
+        "int8_from": str(args.int8_from) if args.int8_from else None,
     }
-    write_results("deploy_speed", {**record, **results}, rows)
+    write_results(args.name, {**record, **results}, rows)
 
 
 def _table(results: dict) -> str:
@@ -365,6 +471,30 @@ def _table(results: dict) -> str:
     lines += [f"| {k} | {v:,} |" for k, v in results["sizes"].items()]
     lines += ["", f"onnxruntime kernels, int8 model: {results['int8_kernels']}"]
     lines += [f"onnxruntime kernels, dense fp32 model: {results['fp32_kernels']}"]
+    codes = results["int8_codes"]
+    lines += [
+        f"int8 weights: the grid's own codes and scales; onnxruntime's quantize_static had "
+        f"coded {codes['recoded']:,} of {codes['weights']:,} differently (its scale is a "
+        "channel's largest |weight| / 127)",
+    ]
+    lines += [
+        "",
+        "Where onnxruntime's time goes at batch 64 on one thread, the dense fp32 model against "
+        "the int8 model (its profiler: each node's median over 10 calls, summed; fp32 fuses "
+        "each residual add and ReLU into its convolution, int8 runs them as QLinearAdd):",
+        "",
+        "| part | fp32 (ms) | int8 (ms) | int8 faster |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    fp, q = results["fp32_profile_ms"], results["int8_profile_ms"]
+    for part in sorted(set(fp) | set(q)):
+        a, b = fp.get(part, 0.0), q.get(part, 0.0)
+        ratio = f"{a / b:.2f}x" if a and b else "-"
+        lines.append(f"| {part} | {a:.2f} | {b:.2f} | {ratio} |")
+    lines.append(
+        f"| all | {sum(fp.values()):.2f} | {sum(q.values()):.2f} | "
+        f"{sum(fp.values()) / sum(q.values()):.2f}x |"
+    )
     if results["accuracy"]:
         lines += ["", "| variant | test accuracy |", "| --- | ---: |"]
         lines += [f"| {k} | {100 * v:.2f}% |" for k, v in results["accuracy"].items()]

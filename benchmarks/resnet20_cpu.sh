@@ -6,6 +6,7 @@
 # again: finished runs are kept, killed ones resume bit-exactly (the Torch-Pruning runner,
 # which has no checkpoints, starts its run again).
 #   quantized (4-bit, ternary, ternary with 8-bit ends)       3 x 24 epochs
+#   8-bit for int8 deployment                                 3 epochs
 #   filter pruning at 2x and 3x fewer FLOPs, ours and Torch-Pruning's    4 x 32 epochs
 #   Torch-Pruning at 2x in one round, ours at 2x with 16-channel widths   2 x 32 epochs
 #   irregular 4x/8x/16x: one-shot and iterative magnitude, one-step and progressive ADMM,
@@ -47,7 +48,7 @@ tp() {  # TARGET NAME [ARGS]: Torch-Pruning at TARGET times fewer FLOPs, 32 fine
     --name "$2" --data-dir "$D" --threads "${THREADS:-2}" "${@:3}")
 }
 
-for v in 4bit ternary ternary_8bit_ends; do
+for v in 4bit ternary ternary_8bit_ends int8; do
   run configs/resnet20_cifar10_$v.yaml runs/resnet20_$v
 done
 for t in 2x 3x; do
@@ -63,7 +64,9 @@ run configs/resnet20_cifar10_filter_2x_aligned.yaml runs/resnet20_filter_2x_alig
 (cd benchmarks && $PY baselines.py --model resnet20_cifar --rates 4 8 16 \
   --epochs "${EPOCHS_IRREGULAR:-12}" --cycles 2 --init "../$W" --data-dir "$D" \
   --work ../runs/baselines ${THREADS:+--threads $THREADS})
-(cd benchmarks && $PY deploy_speed.py --init "../$W" --data-dir "$D" --trained \
+# NAME: the results file (benchmarks/results/NAME.md), one per CPU kind
+(cd benchmarks && $PY deploy_speed.py --init "../$W" --data-dir "$D" \
+  --int8-from ../runs/resnet20_int8/model.safetensors --name "${NAME:-deploy_speed}" --trained \
   "ours 2x (trained)=../runs/resnet20_filter_2x/model_compact.admmz" \
   "ours 2x aligned (trained)=../runs/resnet20_filter_2x_aligned/model_compact.admmz" \
   "ours 3x (trained)=../runs/resnet20_filter_3x/model_compact.admmz" \

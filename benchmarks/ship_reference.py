@@ -41,7 +41,9 @@ def main() -> None:
         "recipe": config.get("name"),
         "seed": report["seed"],
         "test_accuracy": report["final"]["test_accuracy"],
-        "precision": config.get("runtime", {}).get("precision", "fp32"),  # of that evaluation
+        # of that evaluation: what the run computed in (runtime.precision: auto resolved)
+        "precision": report.get("runtime", {}).get("precision")
+        or config.get("runtime", {}).get("precision", "fp32"),
     }
     # what `admmcompress eval` evaluates on unless told otherwise, as in the run's own file
     metadata = {**provenance, "dataset": report["dataset"]}

@@ -56,14 +56,15 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--local", action="store_true", help="one ratio per layer, not global")
-    ap.add_argument(
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument(
         "--precision",
         choices=["auto", "fp32", "bf16"],
         default="auto",
         help="bf16: train under bfloat16 autocast; auto (as our CIFAR recipes): bf16 where the "
         "CPU computes it in hardware, else fp32",
     )
-    ap.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
+    how.add_argument("--bf16", action="store_true", help="the same as --precision bf16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="512 training images, 1 epoch")

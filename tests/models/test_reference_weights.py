@@ -73,7 +73,7 @@ FROM_SHIPPED = sorted(p.name for p in CONFIGS.glob("*.yaml") if _starts_from_a_s
 def test_the_resnet20_recipes_start_from_the_reference_model() -> None:
     assert {
         f"resnet20_cifar10_{v}.yaml"
-        for v in ("4bit", "ternary", "ternary_8bit_ends", "filter_2x", "filter_3x")
+        for v in ("4bit", "ternary", "ternary_8bit_ends", "int8", "filter_2x", "filter_3x")
     } <= set(FROM_SHIPPED)
 
 

@@ -56,11 +56,11 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, native: b
     assert runtime.resolve_precision("fp32", cpu) == "fp32"
 
 
-def _tiny_auto(tmp_path: Path) -> Path:
+def _tiny(tmp_path: Path, precision: str = "auto") -> Path:
     cfg = yaml.safe_load((REPO / "configs/tiny_test.yaml").read_text())
-    cfg["runtime"] = {"progress": False, "precision": "auto", "threads": 1}
-    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(cfg))
-    return tmp_path / "auto.yaml"
+    cfg["runtime"] = {"progress": False, "precision": precision, "threads": 1}
+    (tmp_path / f"{precision}.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / f"{precision}.yaml"
 
 
 def _hardware(monkeypatch, native: bool) -> None:
@@ -71,9 +71,42 @@ def _hardware(monkeypatch, native: bool) -> None:
     monkeypatch.setattr(pipeline, "native_bf16", lambda device: native)
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop_in_admm(config: Path, out: Path, monkeypatch) -> dict:
+    """Run ``config`` until its first checkpoint inside the ADMM phase, as if killed there;
+    return that checkpoint."""
+    from admmcompress.run.checkpoint import load_checkpoint
+    from admmcompress.run.pipeline import Pipeline
+
+    save = Pipeline._save
+
+    def save_then_stop(self: Pipeline, extra: dict) -> None:
+        save(self, extra)
+        if self.state.phase == "admm":
+            raise _Stop
+
+    with monkeypatch.context() as m:
+        m.setattr(Pipeline, "_save", save_then_stop)
+        with pytest.raises(_Stop):
+            run(config, out)
+    (out / ".lock").unlink(missing_ok=True)
+    return load_checkpoint(out / "checkpoint.pt")
+
+
+def _assert_same_weights(ref: Path, out: Path) -> None:
+    a = load_file(str(ref / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_auto_precision_is_recorded_in_report(tmp_path: Path, monkeypatch) -> None:
     _hardware(monkeypatch, False)
-    assert run(_tiny_auto(tmp_path), tmp_path / "run") == 0
+    assert run(_tiny(tmp_path), tmp_path / "run") == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["runtime"] == {"precision": "fp32", "threads": 1, "channels_last": False}
     assert report["config"]["runtime"]["precision"] == "auto"
@@ -88,39 +121,56 @@ def test_resume_on_other_hardware_keeps_the_precision_it_started_with(
     tmp_path: Path, monkeypatch
 ) -> None:
     """A run started in bf16 (auto, on a CPU with bf16) and resumed where auto would pick
-    fp32 finishes in bf16, bit-exactly as if it had never stopped."""
-    from admmcompress.run.pipeline import Pipeline
-
-    config = _tiny_auto(tmp_path)
+    fp32 finishes in bf16, with the weights of a run that never stopped."""
+    config = _tiny(tmp_path)
     _hardware(monkeypatch, True)
     assert run(config, tmp_path / "ref") == 0
-
-    class Stop(Exception):
-        pass
-
-    save = Pipeline._save
-    calls = []
-
-    def save_then_stop(self: Pipeline, extra: dict) -> None:
-        save(self, extra)
-        calls.append(self.state.phase)
-        if self.state.phase == "admm":  # a checkpoint inside the ADMM phase, then "killed"
-            raise Stop
-
-    monkeypatch.setattr(Pipeline, "_save", save_then_stop)
-    with pytest.raises(Stop):
-        run(config, tmp_path / "run")
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["precision"] == "bf16"
-    monkeypatch.setattr(Pipeline, "_save", save)
+    assert _stop_in_admm(config, tmp_path / "run", monkeypatch)["precision"] == "bf16"
     _hardware(monkeypatch, False)
-    (tmp_path / "run" / ".lock").unlink(missing_ok=True)
     assert run(config, tmp_path / "run", "--resume") == 0
     log = (tmp_path / "run" / "run.log").read_text()
     assert "precision: bf16, as the run started (auto would pick fp32" in log
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["runtime"]["precision"] == "bf16"
-    ref = load_file(str(tmp_path / "ref" / "model.safetensors"))
-    out = load_file(str(tmp_path / "run" / "model.safetensors"))
-    assert ref.keys() == out.keys()
-    for k in ref:
-        assert torch.equal(ref[k], out[k]), k
+    _assert_same_weights(tmp_path / "ref", tmp_path / "run")
+
+
+def test_checkpoint_without_precision_resumes_in_its_configs(tmp_path: Path, monkeypatch) -> None:
+    """A checkpoint written before the precision was recorded (its config said bf16),
+    resumed with the recipe now saying auto on a CPU without bf16: it stays in bf16."""
+    from admmcompress.run.checkpoint import save_checkpoint
+
+    _hardware(monkeypatch, False)
+    bf16 = _tiny(tmp_path, "bf16")
+    assert run(bf16, tmp_path / "ref") == 0
+    ckpt = _stop_in_admm(bf16, tmp_path / "run", monkeypatch)
+    del ckpt["precision"]
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", ckpt)
+    assert run(_tiny(tmp_path, "auto"), tmp_path / "run", "--resume") == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["runtime"]["precision"] == "bf16"
+    _assert_same_weights(tmp_path / "ref", tmp_path / "run")
+
+
+def test_resume_in_another_named_precision_is_said_plainly(tmp_path: Path, monkeypatch) -> None:
+    _hardware(monkeypatch, True)
+    _stop_in_admm(_tiny(tmp_path, "bf16"), tmp_path / "run", monkeypatch)
+    assert run(_tiny(tmp_path, "fp32"), tmp_path / "run", "--resume") == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["runtime"]["precision"] == "fp32"
+    assert any("resumed in fp32 after starting in bf16" in w for w in report["warnings"])
+
+
+def test_auto_precision_on_a_gpu_counts_only_native_bf16(monkeypatch) -> None:
+    """A V100 or T4 emulates bf16 (torch.cuda.is_bf16_supported() says True by default)."""
+    from admmcompress.run import runtime
+
+    asked = []
+
+    def supported(including_emulation: bool = True) -> bool:
+        asked.append(including_emulation)
+        return including_emulation  # an emulating GPU
+
+    monkeypatch.setattr(runtime.torch.cuda, "is_bf16_supported", supported)
+    assert runtime.resolve_precision("auto", torch.device("cuda")) == "fp32"
+    assert asked == [False]

@@ -103,8 +103,11 @@ class Pipeline:
     def _setup(self) -> dict[str, Any] | None:
         cfg = self.cfg
         self.device = setup_runtime(cfg.runtime)
-        self.precision = resolve_precision(cfg.runtime.precision, self.device)
         self.dist = init_from_env(self.device.type == "cuda")
+        # rank 0 decides, so machines that differ cannot compute in different precisions
+        self.precision = broadcast_object(
+            resolve_precision(cfg.runtime.precision, self.device), self.dist
+        )
         if self.dist.is_main:  # one process owns the folder; the lock says which
             self.folder.lock()
         self.dist.barrier()  # every rank checks the folder before rank 0 writes to it
@@ -117,7 +120,8 @@ class Pipeline:
             if stale:
                 log.info("removed %d temporary files of an interrupted write", len(stale))
         log.info("admmcompress %s: run %r in %s", __version__, cfg.name, self.out)
-        self._log_precision()
+        if ckpt is None:  # a resume says it after reading the precision the run started in
+            self._log_precision()
         if self.folder.applied_changes:
             log.warning("resuming with a changed config: %s", self.folder.change_listing)
         if self.dist.enabled:
@@ -151,6 +155,34 @@ class Pipeline:
         if self.dist.is_main:
             self.folder.write_config(cfg)
         return ckpt
+
+    def _resume_precision(self, ckpt: dict[str, Any]) -> None:
+        """Keep computing in the precision the run started in: a run that switched halfway
+        would be neither its fp32 nor its bf16 result."""
+        started = ckpt.get("precision")
+        if started is None:  # a checkpoint from before precision was recorded: its config's
+            started = json.loads(ckpt["config"]).get("runtime", {}).get("precision", "fp32")
+        asked = self.cfg.runtime.precision
+        if started not in ("fp32", "bf16") or started == self.precision:
+            self._log_precision()
+        elif asked == "auto":  # resumed on other hardware
+            log.warning(
+                "precision: %s, as the run started (auto would pick %s on this machine), so "
+                "the run does not mix precisions",
+                started,
+                self.precision,
+            )
+            self.precision = started
+        else:  # the config now names another precision: the user's call, said plainly
+            log.warning(
+                "precision: %s from here on, as runtime.precision now says; the run started "
+                "in %s, so its result is not that of an uninterrupted run in either",
+                self.precision,
+                started,
+            )
+            self.state.warnings.append(
+                f"resumed in {self.precision} after starting in {started}: mixed precision"
+            )
 
     def _log_precision(self) -> None:
         asked = self.cfg.runtime.precision
@@ -249,19 +281,7 @@ class Pipeline:
 
     def _restore_checked(self, ckpt: dict[str, Any]) -> None:
         self.state = RunState.from_checkpoint(ckpt, self.device)
-        started = ckpt.get("precision")
-        if (
-            self.cfg.runtime.precision == "auto"
-            and started in ("fp32", "bf16")
-            and started != self.precision
-        ):  # resumed on other hardware: keep the numbers the run started with
-            log.warning(
-                "precision: %s, as the run started (auto would pick %s on this machine): "
-                "a resume in the same precision stays bit-exact",
-                started,
-                self.precision,
-            )
-            self.precision = started
+        self._resume_precision(ckpt)
         if self.folder.applied_changes:
             where = self.state.phase
             if where in ("admm", "retrain"):

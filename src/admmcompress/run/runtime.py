@@ -35,8 +35,11 @@ def native_bf16(device: torch.device) -> bool:
     but oneDNN then converts every operand to fp32 and back: slower than plain fp32
     (benchmarks/results/cpu_speed_*.md has the figures per CPU kind).
     """
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # Ampere and later; older GPUs emulate it (torch < 2.3: no flag)
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:
+            return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
