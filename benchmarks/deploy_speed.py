@@ -267,7 +267,8 @@ def _kernels(
     parts: dict[str, float] = {}
     for (node, op), ms in nodes.items():
         ops[op] = ops.get(op, 0) + 1
-        parts[_part(node, op)] = parts.get(_part(node, op), 0.0) + statistics.median(ms)
+        part = _part(node, op)
+        parts[part] = parts.get(part, 0.0) + statistics.median(ms)
     return ops, parts
 
 
